@@ -1,0 +1,173 @@
+"""``Flow``: a base distribution pushed through a stack of transforms, and the Pyro distribution it returns."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from pyro.distributions.torch_distribution import TorchDistribution
+from torch import nn
+from torch.distributions import constraints
+
+from .._checks import check_context, check_input
+from ..transforms.base import FlowChain, FlowTransform, _jsonable, chain_forward, chain_inverse
+
+Tensor = torch.Tensor
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+#: name -> Flow subclass (the recipes), for rebuilding saved flows.
+RECIPES: dict[str, type] = {}
+
+
+class Flow(nn.Module):
+    """A normalizing flow ``x = T(z)``, ``z ~ base``, as a module; calling it returns a Pyro distribution.
+
+    Args:
+        transforms: the bijections, applied to the base noise in order (``T = T_n ∘ … ∘ T_1``).
+        base: ``None`` for a standard normal on ``R^input_dim`` (it follows the module's device and dtype), or a
+            fixed ``torch.distributions.Distribution`` with ``event_shape == (input_dim,)``.
+
+    Example:
+        >>> flow = Flow([AutoregressiveTransform(2, "spline"), ReversePermutation(2), AutoregressiveTransform(2)])
+        >>> d = flow()                      # with context_dim > 0: flow(context)
+        >>> x = d.sample((100,)); lp = d.log_prob(x)
+        >>> pyro.module("flow", flow)       # registers its parameters with Pyro
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        RECIPES[cls.__name__] = cls
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+        sig = inspect.signature(init)
+
+        @functools.wraps(init)
+        def recording_init(self, *args: Any, **kw: Any) -> None:
+            if "_flow_config" not in self.__dict__:
+                bound = sig.bind(self, *args, **kw)
+                bound.apply_defaults()
+                cfg = {k: _jsonable(v) for k, v in list(bound.arguments.items())[1:]}
+                self.__dict__["_flow_config"] = {"type": type(self).__name__, "kwargs": cfg}
+            init(self, *args, **kw)
+
+        cls.__init__ = recording_init
+
+    def __init__(self, transforms: Sequence[FlowTransform], base: torch.distributions.Distribution | None = None):
+        super().__init__()
+        transforms = list(transforms)
+        if not transforms:
+            raise ValueError("a Flow needs at least one transform")
+        for t in transforms:
+            if not isinstance(t, FlowTransform):
+                raise TypeError(
+                    f"Flow takes pyroflows transforms (FlowTransform subclasses), got {type(t).__name__}; wrap other "
+                    "torch transforms in a pyro TransformedDistribution instead"
+                )
+        dims = {t.input_dim for t in transforms}
+        if len(dims) != 1:
+            raise ValueError(f"all transforms must share one input_dim, got {sorted(dims)}")
+        ctx = {t.context_dim for t in transforms if t.context_dim}
+        if len(ctx) > 1:
+            raise ValueError(f"all conditional transforms must share one context_dim, got {sorted(ctx)}")
+        self.input_dim = dims.pop()
+        self.context_dim = ctx.pop() if ctx else 0
+        self.transforms = nn.ModuleList(transforms)
+        if base is not None and tuple(base.event_shape) != (self.input_dim,):
+            raise ValueError(f"base must have event_shape ({self.input_dim},), got {tuple(base.event_shape)}")
+        self.base = base
+        self.register_buffer("_ref", torch.zeros(()), persistent=False)  # tracks device and dtype
+
+    # -------------------------------------------------------------------------------------------------------------
+    def forward(self, context: Tensor | None = None) -> FlowDistribution:
+        """The flow's distribution (conditioned on ``context`` of shape ``(..., context_dim)`` if it takes one)."""
+        check_context(context, self.context_dim, f"{type(self).__name__}: ")
+        return FlowDistribution(self, context)
+
+    def transform(self, context: Tensor | None = None) -> FlowChain:
+        """The bijection ``T`` (base to data) as a torch ``Transform``; ``T.inv`` is exact on fresh data."""
+        return FlowChain(list(self.transforms), self.input_dim, self.context_dim, context)
+
+    def config(self) -> dict:
+        """JSON-able configuration from which :func:`pyroflows.load` rebuilds the flow."""
+        if self.base is not None:
+            raise ValueError("a flow with a custom base distribution cannot be saved; save its transforms instead")
+        if "_flow_config" in self.__dict__:
+            return self.__dict__["_flow_config"]
+        return {"type": "Flow", "transforms": [t.config() for t in self.transforms]}
+
+    def extra_repr(self) -> str:
+        return f"input_dim={self.input_dim}, context_dim={self.context_dim}"
+
+
+class FlowDistribution(TorchDistribution):
+    """The distribution of a :class:`Flow` (optionally conditioned on a context), a Pyro ``TorchDistribution``.
+
+    ``batch_shape`` is the context's batch shape (or ``()``), ``event_shape`` is ``(input_dim,)``. ``log_prob`` runs
+    the inverse pass, ``rsample`` the forward pass, and ``rsample_and_log_prob`` draws and scores in one forward pass.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, flow: Flow, context: Tensor | None = None, batch_shape: torch.Size | None = None,
+                 validate_args: bool | None = None) -> None:
+        self.flow = flow
+        ctx_batch = torch.Size(context.shape[:-1]) if context is not None else torch.Size()
+        batch_shape = ctx_batch if batch_shape is None else torch.Size(batch_shape)
+        if context is not None and batch_shape != ctx_batch:
+            context = context.expand(batch_shape + context.shape[-1:])
+        self.context = context
+        super().__init__(batch_shape, torch.Size([flow.input_dim]), validate_args=False)
+
+    # ----------------------------------------------------------------------------------------------- base density
+    def _base_sample(self, shape: torch.Size) -> Tensor:
+        if self.flow.base is not None:
+            return self.flow.base.rsample(shape)
+        ref = self.flow._ref
+        return torch.randn(shape + self.event_shape, device=ref.device, dtype=ref.dtype)
+
+    def _base_log_prob(self, z: Tensor) -> Tensor:
+        if self.flow.base is not None:
+            return self.flow.base.log_prob(z)
+        return -0.5 * (z * z).sum(-1) - self.flow.input_dim * _HALF_LOG_2PI
+
+    # ----------------------------------------------------------------------------------------------- API
+    def rsample(self, sample_shape: Sequence[int] = ()) -> Tensor:
+        z = self._base_sample(torch.Size(sample_shape) + self.batch_shape)
+        return chain_forward(list(self.flow.transforms), z, self.context)[0]
+
+    def sample(self, sample_shape: Sequence[int] = ()) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    def rsample_and_log_prob(self, sample_shape: Sequence[int] = ()) -> tuple[Tensor, Tensor]:
+        """Draw reparameterized samples and their log-density in one forward pass."""
+        z = self._base_sample(torch.Size(sample_shape) + self.batch_shape)
+        x, ladj = chain_forward(list(self.flow.transforms), z, self.context)
+        return x, self._base_log_prob(z) - ladj
+
+    def sample_and_log_prob(self, sample_shape: Sequence[int] = ()) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            return self.rsample_and_log_prob(sample_shape)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        check_input(value, self.flow.input_dim, "value", f"{type(self.flow).__name__}.log_prob: ")
+        z, ladj = chain_inverse(list(self.flow.transforms), value, self.context)
+        lp = self._base_log_prob(z) + ladj
+        if self.batch_shape:
+            lp = lp.expand(torch.broadcast_shapes(lp.shape, self.batch_shape))
+        return lp
+
+    def expand(self, batch_shape: torch.Size, _instance: Any = None) -> FlowDistribution:
+        batch_shape = torch.Size(batch_shape)
+        return FlowDistribution(self.flow, self.context, batch_shape)
+
+    def __repr__(self) -> str:
+        return f"FlowDistribution({type(self.flow).__name__}, batch_shape={tuple(self.batch_shape)}, " \
+               f"event_shape={tuple(self.event_shape)})"

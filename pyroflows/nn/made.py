@@ -1,0 +1,127 @@
+"""MADE: masked autoencoder for distribution estimation (Germain et al. 2015), as a flow conditioner.
+
+Each input dimension ``i`` gets a degree ``m(i)`` in ``1..D``; hidden units get degrees in ``1..D-1``; a hidden unit
+of degree ``k`` sees inputs of degree ``<= k``, and the parameters of input ``i`` see hidden units of degree
+``< m(i)``. The parameters of dimension ``i`` therefore depend only on the dimensions that come before it in the
+order, which is what makes the flow's Jacobian triangular. The context (if any) feeds every first-layer unit.
+
+Hidden degrees are assigned deterministically (``k mod (D - 1) + 1``), so a MADE is fully described by its input
+order, its sizes and its weights; the masks are buffers and travel with ``.to(device)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .mlp import OUTPUT_INIT, get_activation
+
+Tensor = torch.Tensor
+
+
+def input_degrees(input_dim: int, order: str | Sequence[int] = "ascending") -> Tensor:
+    """Degrees ``1..D`` of the inputs: ``ascending``, ``descending`` or an explicit permutation of ``0..D-1``
+    listing the dimensions from first to last in the autoregressive order."""
+    if isinstance(order, str):
+        if order == "ascending":
+            return torch.arange(1, input_dim + 1)
+        if order == "descending":
+            return torch.arange(input_dim, 0, -1)
+        raise ValueError(f"order must be 'ascending', 'descending' or a permutation, got {order!r}")
+    perm = torch.as_tensor(list(order), dtype=torch.long)
+    if sorted(perm.tolist()) != list(range(input_dim)):
+        raise ValueError(f"order must be a permutation of 0..{input_dim - 1}, got {list(order)}")
+    deg = torch.empty(input_dim, dtype=torch.long)
+    deg[perm] = torch.arange(1, input_dim + 1)
+    return deg
+
+
+def hidden_degrees(width: int, input_dim: int) -> Tensor:
+    if input_dim == 1:
+        return torch.zeros(width, dtype=torch.long)
+    return torch.arange(width) % (input_dim - 1) + 1
+
+
+class MADE(nn.Module):
+    """Masked MLP ``x ↦ θ`` with ``θ[..., i, :]`` depending only on ``x[..., j]`` for ``m(j) < m(i)`` (and context).
+
+    Args:
+        input_dim: D.
+        num_params: parameters produced per dimension (P); the output has shape ``(..., D, P)``.
+        hidden_dims: widths of the hidden layers.
+        context_dim: size of an optional context vector fed to the first hidden layer.
+        activation: hidden nonlinearity.
+        order: ``ascending``, ``descending`` or an explicit permutation (see :func:`input_degrees`).
+        output_bias: initial output bias per parameter (``(P,)``), weights start uniform in ``±OUTPUT_INIT``.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        num_params: int,
+        hidden_dims: Sequence[int] = (64, 64),
+        context_dim: int = 0,
+        activation: str = "relu",
+        order: str | Sequence[int] = "ascending",
+        output_bias: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        hidden_dims = tuple(int(h) for h in hidden_dims)
+        if not hidden_dims:
+            raise ValueError("MADE needs at least one hidden layer (hidden_dims=(64, 64) is a good default)")
+        self.input_dim, self.num_params, self.context_dim = input_dim, num_params, context_dim
+        self._act = get_activation(activation)
+        deg_in = input_degrees(input_dim, order)
+        self.register_buffer("degrees", deg_in, persistent=False)
+        degs = [deg_in] + [hidden_degrees(h, input_dim) for h in hidden_dims]
+        sizes = [input_dim, *hidden_dims]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            lin = nn.Linear(a, b)
+            self.weights.append(lin.weight)
+            self.biases.append(lin.bias)
+            self.register_buffer(f"mask{i}", (degs[i + 1][:, None] >= degs[i][None, :]).to(torch.get_default_dtype()),
+                                 persistent=False)
+        out = nn.Linear(hidden_dims[-1], input_dim * num_params)
+        deg_out = deg_in.repeat_interleave(num_params)
+        self.register_buffer("mask_out", (deg_out[:, None] > degs[-1][None, :]).to(torch.get_default_dtype()),
+                             persistent=False)
+        with torch.no_grad():
+            if output_bias is not None:
+                out.weight.uniform_(-OUTPUT_INIT, OUTPUT_INIT)
+                out.bias.copy_(torch.as_tensor(output_bias, dtype=out.bias.dtype).repeat(input_dim))
+        self.out_weight, self.out_bias = out.weight, out.bias
+        self.context_layer = nn.Linear(context_dim, hidden_dims[0], bias=False) if context_dim > 0 else None
+        # order in which the dimensions are determined, for sequential inversion
+        self._sequence = torch.argsort(deg_in).tolist()
+
+    @property
+    def sequence(self) -> list[int]:
+        """Dimensions in autoregressive order (first to last)."""
+        return self._sequence
+
+    def hidden(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """Last hidden activation (before the output layer)."""
+        h = F.linear(x, self.weights[0] * self.mask0, self.biases[0])
+        if self.context_layer is not None:
+            h = h + self.context_layer(context)
+        for i in range(1, len(self.weights)):
+            h = F.linear(self._act(h), self.weights[i] * getattr(self, f"mask{i}"), self.biases[i])
+        return self._act(h)
+
+    def output(self, h: Tensor, dim: int | None = None) -> Tensor:
+        """Parameters ``(..., D, P)`` from the last hidden activation, or ``(..., 1, P)`` for one dimension."""
+        p = self.num_params
+        if dim is None:
+            out = F.linear(h, self.out_weight * self.mask_out, self.out_bias)
+            return out.unflatten(-1, (self.input_dim, p))
+        rows = slice(dim * p, (dim + 1) * p)
+        out = F.linear(h, self.out_weight[rows] * self.mask_out[rows], self.out_bias[rows])
+        return out.unsqueeze(-2)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.output(self.hidden(x, context))

@@ -1,0 +1,32 @@
+"""Bijections with parameters. Each is a Pyro ``TransformModule`` (and ``ConditionalTransform``) mapping base-side
+``x`` to data-side ``y``, with ``forward_and_log_det``, ``inverse_and_log_det`` (exact on fresh data) and
+``condition(context)``."""
+
+from .autoregressive import AutoregressiveTransform, InverseAutoregressiveTransform, MaskedAutoregressiveTransform
+from .base import TRANSFORMS, ConditionedTransform, FlowChain, FlowTransform, from_config
+from .bnaf import BlockNAFTransform
+from .coupling import CouplingTransform, coupling_mask
+from .elementwise import ElementwiseTransform, LeakyReLU, Sigmoid, Tanh
+from .linear import ActNorm, DiagonalAffine, Householder, LULinear, Permutation, RandomPermutation, ReversePermutation
+from .planar import PlanarTransform
+from .radial import RadialTransform
+from .sylvester import SylvesterTransform
+from .transformers import (
+    TRANSFORMERS,
+    Additive,
+    Affine,
+    MonotoneBSpline,
+    MonotoneMixture,
+    RQSpline,
+    Transformer,
+    make_transformer,
+)
+
+__all__ = [
+    "TRANSFORMERS", "TRANSFORMS", "ActNorm", "Additive", "Affine", "AutoregressiveTransform", "BlockNAFTransform",
+    "ConditionedTransform", "CouplingTransform", "DiagonalAffine", "ElementwiseTransform", "FlowChain",
+    "FlowTransform", "Householder", "InverseAutoregressiveTransform", "LULinear", "LeakyReLU",
+    "MaskedAutoregressiveTransform", "MonotoneBSpline", "MonotoneMixture", "Permutation", "PlanarTransform",
+    "RQSpline", "RadialTransform", "RandomPermutation", "ReversePermutation", "Sigmoid", "SylvesterTransform", "Tanh",
+    "Transformer", "coupling_mask", "from_config", "make_transformer",
+]

@@ -1,0 +1,292 @@
+"""Linear bijections: diagonal affine, LU-decomposed linear, fixed permutations, Householder reflections, ActNorm.
+
+Each one (except :class:`Permutation`) holds its raw parameters in a :class:`~pyroflows.nn.params.ParamHead`, so with
+``context_dim > 0`` they are produced from the context by a small MLP (a conditional linear layer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..functional import linear as F_lin
+from ..functional.affine import affine_scale
+from ..nn.params import ParamHead
+from .base import FlowTransform
+
+Tensor = torch.Tensor
+
+
+class DiagonalAffine(FlowTransform):
+    """Elementwise affine map with one learnable shift and positive scale per dimension.
+
+    ``y = shift + scale ⊙ x`` with ``scale = affine_scale(raw_scale)`` (``1e-3 + softplus``, ``raw_scale = 0`` gives
+    1); ``log|det| = Σ log scale``. Starts at the identity.
+
+    Args:
+        input_dim: D.
+        context_dim: size of the context (0: free parameters).
+        hidden_dims: hidden widths of the context network.
+
+    Example:
+        >>> t = DiagonalAffine(3)
+        >>> y, ladj = t.forward_and_log_det(torch.randn(10, 3))
+
+    Reference: Dinh et al. (2017), "Density estimation using Real NVP" (the affine map, here unconditioned).
+    """
+
+    def __init__(self, input_dim: int, context_dim: int = 0, hidden_dims: Sequence[int] = (64, 64)) -> None:
+        super().__init__(input_dim, context_dim)
+        zeros = torch.zeros(self.input_dim)
+        self.head = ParamHead({"shift": zeros, "raw_scale": zeros.clone()}, context_dim, hidden_dims)
+
+    def _forward_ld(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        p = self.head(context)
+        scale = affine_scale(p["raw_scale"])
+        y = p["shift"] + scale * x
+        return y, torch.broadcast_to(torch.log(scale).sum(-1), y.shape[:-1])
+
+    def _inverse_ld(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        p = self.head(context)
+        scale = affine_scale(p["raw_scale"])
+        x = (y - p["shift"]) / scale
+        return x, torch.broadcast_to(-torch.log(scale).sum(-1), x.shape[:-1])
+
+
+class LULinear(FlowTransform):
+    """Invertible linear layer ``y = W x + b`` with ``W = P L U`` (LU-decomposed, as Glow's 1x1 convolutions).
+
+    ``P`` is a fixed random permutation (a buffer drawn from ``seed``), ``L`` is unit lower triangular and ``U`` upper
+    triangular with diagonal ``1e-3 + softplus(raw)`` (raw 0 gives 1), so ``log|det W| = Σ log diag(U)`` costs O(D)
+    and the inverse is two triangular solves. ``L`` and ``U`` start at the identity (``W = P``). With a context each
+    batch element gets its own matrix and the solves are batched.
+
+    Args:
+        input_dim: D.
+        context_dim: size of the context (0: free parameters).
+        hidden_dims: hidden widths of the context network.
+        seed: seed of the fixed permutation.
+
+    Example:
+        >>> t = LULinear(4)
+        >>> y, ladj = t.forward_and_log_det(torch.randn(10, 4))
+        >>> x, _ = t.inverse_and_log_det(y)
+
+    Reference: Kingma & Dhariwal (2018), "Glow: Generative Flow with Invertible 1x1 Convolutions".
+    """
+
+    def __init__(
+        self, input_dim: int, context_dim: int = 0, hidden_dims: Sequence[int] = (64, 64), seed: int = 0
+    ) -> None:
+        super().__init__(input_dim, context_dim)
+        d = self.input_dim
+        gen = torch.Generator().manual_seed(int(seed))
+        perm = torch.randperm(d, generator=gen)
+        self.register_buffer("perm", perm)
+        self.register_buffer("inv_perm", torch.argsort(perm))
+        init = {"shift": torch.zeros(d), "packed": torch.zeros(d, d), "raw_diag": torch.zeros(d)}
+        self.head = ParamHead(init, context_dim, hidden_dims)
+
+    def _factors(self, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        p = self.head(context)
+        lower, upper, log_diag = F_lin.lu_factors(p["packed"], p["raw_diag"])
+        return lower, upper, log_diag, p["shift"]
+
+    def weight(self, context: Tensor | None = None) -> Tensor:
+        """The matrix ``W = P L U`` (``(D, D)``, or batched with a context)."""
+        lower, upper, _, _ = self._factors(context)
+        return (lower @ upper)[..., self.perm, :]
+
+    def _forward_ld(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        lower, upper, log_diag, shift = self._factors(context)
+        return F_lin.lu_forward(x, lower, upper, log_diag, self.perm, shift)
+
+    def _inverse_ld(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        lower, upper, log_diag, shift = self._factors(context)
+        return F_lin.lu_inverse(y, lower, upper, log_diag, self.inv_perm, shift)
+
+
+class Permutation(FlowTransform):
+    """A fixed permutation of the coordinates, ``y = x[..., perm]``; no parameters, ``log|det| = 0``.
+
+    Args:
+        input_dim: D.
+        permutation: the permutation as a list of ``0..D-1`` (overrides ``kind``).
+        kind: ``"reverse"`` or ``"random"`` (drawn from ``seed``), used when ``permutation`` is None.
+        seed: seed of the random permutation.
+
+    Example:
+        >>> t = Permutation(3, [2, 0, 1])
+        >>> t.forward_and_log_det(torch.tensor([[10.0, 11.0, 12.0]]))[0]
+        tensor([[12., 10., 11.]])
+
+    Reference: Dinh et al. (2015), "NICE: Non-linear Independent Components Estimation" (alternating coupling
+    partitions); Papamakarios et al. (2017), "Masked Autoregressive Flow" (reversed orders between layers).
+    """
+
+    def __init__(
+        self, input_dim: int, permutation: Sequence[int] | None = None, kind: str = "reverse", seed: int = 0
+    ) -> None:
+        super().__init__(input_dim, 0)
+        d = self.input_dim
+        if permutation is not None:
+            perm = torch.as_tensor([int(i) for i in permutation], dtype=torch.long)
+            if perm.shape != (d,) or not torch.equal(torch.sort(perm).values, torch.arange(d)):
+                raise ValueError(
+                    f"permutation must list each of 0..{d - 1} exactly once (input_dim={d}), got {list(permutation)}"
+                )
+        elif kind == "reverse":
+            perm = torch.arange(d - 1, -1, -1)
+        elif kind == "random":
+            perm = torch.randperm(d, generator=torch.Generator().manual_seed(int(seed)))
+        else:
+            raise ValueError(f"unknown permutation kind {kind!r}: use 'reverse' or 'random', or pass permutation=")
+        self.register_buffer("perm", perm)
+        self.register_buffer("inv_perm", torch.argsort(perm))
+
+    def _forward_ld(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return x[..., self.perm], x.new_zeros(x.shape[:-1])
+
+    def _inverse_ld(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return y[..., self.inv_perm], y.new_zeros(y.shape[:-1])
+
+    def extra_repr(self) -> str:
+        return f"input_dim={self.input_dim}, perm={self.perm.tolist()}"
+
+
+class ReversePermutation(Permutation):
+    """Reverse the order of the coordinates: ``y = x[..., ::-1]`` (a :class:`Permutation`).
+
+    Example:
+        >>> ReversePermutation(3).forward_and_log_det(torch.tensor([[1.0, 2.0, 3.0]]))[0]
+        tensor([[3., 2., 1.]])
+    """
+
+    def __init__(self, input_dim: int) -> None:
+        super().__init__(input_dim, None, "reverse")
+
+
+class RandomPermutation(Permutation):
+    """A fixed random permutation of the coordinates drawn from ``seed`` (a :class:`Permutation`).
+
+    Example:
+        >>> t = RandomPermutation(5, seed=1)
+    """
+
+    def __init__(self, input_dim: int, seed: int = 0) -> None:
+        super().__init__(input_dim, None, "random", seed)
+
+
+class Householder(FlowTransform):
+    """Orthogonal map made of ``count`` Householder reflections; volume preserving.
+
+    ``y = H_K ⋯ H_1 x`` with ``H_k = I - 2 v_k v_kᵀ / ‖v_k‖²``; ``|det| = 1``, and the inverse applies the same
+    reflections in reverse order. The vectors ``v_k`` start random (a random orthogonal map).
+
+    Args:
+        input_dim: D.
+        context_dim: size of the context (0: free vectors).
+        hidden_dims: hidden widths of the context network.
+        count: number of reflections K.
+
+    Example:
+        >>> t = Householder(4, count=3)
+        >>> y, ladj = t.forward_and_log_det(torch.randn(10, 4))   # ladj == 0
+
+    Reference: Tomczak & Welling (2016), "Improving Variational Auto-Encoders using Householder Flow".
+    """
+
+    def __init__(
+        self, input_dim: int, context_dim: int = 0, hidden_dims: Sequence[int] = (64, 64), count: int = 2
+    ) -> None:
+        super().__init__(input_dim, context_dim)
+        if int(count) < 1:
+            raise ValueError(f"count must be a positive number of reflections, got {count}")
+        self.count = int(count)
+        self.head = ParamHead({"vectors": torch.randn(self.count, self.input_dim)}, context_dim, hidden_dims)
+
+    def _forward_ld(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return F_lin.householder_forward(x, self.head(context)["vectors"])
+
+    def _inverse_ld(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return F_lin.householder_inverse(y, self.head(context)["vectors"])
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, count={self.count}"
+
+
+class ActNorm(FlowTransform):
+    """Activation normalisation: ``y = loc + scale ⊙ x`` with data-dependent initialisation.
+
+    ``scale = exp(log_scale)``; ``log|det| = Σ log_scale``. The first call in either direction while the layer is
+    not initialised sets ``loc`` and ``scale`` (detached batch statistics over all batch dimensions) so that the
+    output of that very call has zero mean and unit variance per dimension: forward ``scale = 1/std(x)``,
+    ``loc = -mean(x)/std(x)``; inverse ``loc = mean(y)``, ``scale = std(y)``. Dimensions with zero spread (e.g. a
+    single sample) keep ``scale = 1``. With a context, the output bias of the context network is set (the network
+    output then starts close to these values).
+
+    State: the persistent buffer ``initialized`` (0/1) is the one intentional piece of state in pyroflows. It is part
+    of the ``state_dict``, so loading a saved flow keeps it (and the fitted ``loc``/``scale``); the initialisation
+    then does not run again. Call :meth:`reset_initialization` to rerun it on the next call.
+
+    Args:
+        input_dim: D.
+        context_dim: size of the context (0: free parameters).
+        hidden_dims: hidden widths of the context network.
+
+    Example:
+        >>> t = ActNorm(3)
+        >>> y, _ = t.forward_and_log_det(5.0 + 2.0 * torch.randn(100, 3))   # y is standardised per dimension
+
+    Reference: Kingma & Dhariwal (2018), "Glow: Generative Flow with Invertible 1x1 Convolutions".
+    """
+
+    def __init__(self, input_dim: int, context_dim: int = 0, hidden_dims: Sequence[int] = (64, 64)) -> None:
+        super().__init__(input_dim, context_dim)
+        zeros = torch.zeros(self.input_dim)
+        self.head = ParamHead({"loc": zeros, "log_scale": zeros.clone()}, context_dim, hidden_dims)
+        self.register_buffer("initialized", torch.tensor(0, dtype=torch.long))
+        self._init_seen = False  # host-side cache of `initialized == 1`, avoids a device sync per call
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._init_seen = False
+
+    def reset_initialization(self) -> None:
+        """Mark the layer uninitialised: the next call sets ``loc``/``scale`` from its batch again."""
+        self.initialized.zero_()
+        self._init_seen = False
+
+    @torch.no_grad()
+    def _maybe_initialize(self, v: Tensor, forward: bool) -> None:
+        if self._init_seen:
+            return
+        if bool(self.initialized):
+            self._init_seen = True
+            return
+        flat = v.detach().reshape(-1, self.input_dim)
+        mean = flat.mean(0)
+        std = flat.std(0, correction=0)
+        std = torch.where((std > 0) & torch.isfinite(std), std, torch.ones_like(std))
+        if forward:
+            loc, log_scale = -mean / std, -torch.log(std)
+        else:
+            loc, log_scale = mean, torch.log(std)
+        self.head.set_value("loc", loc)
+        self.head.set_value("log_scale", log_scale)
+        self.initialized.fill_(1)
+        self._init_seen = True
+
+    def _forward_ld(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        self._maybe_initialize(x, forward=True)
+        p = self.head(context)
+        y = p["loc"] + torch.exp(p["log_scale"]) * x
+        return y, torch.broadcast_to(p["log_scale"].sum(-1), y.shape[:-1])
+
+    def _inverse_ld(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        self._maybe_initialize(y, forward=False)
+        p = self.head(context)
+        x = (y - p["loc"]) * torch.exp(-p["log_scale"])
+        return x, torch.broadcast_to(-p["log_scale"].sum(-1), x.shape[:-1])

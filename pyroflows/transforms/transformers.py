@@ -1,0 +1,192 @@
+"""Transformers: invertible elementwise maps ``y_i = τ(x_i; θ_i)`` whose raw parameters come from a conditioner.
+
+A transformer is configuration plus math (the math lives in :mod:`pyroflows.functional`); it holds no parameters.
+Every conditioner (constant/elementwise, coupling, autoregressive) takes any transformer, so adding one here makes
+it available to all of them. Raw parameters have shape ``(..., D, num_params)`` and are unconstrained; raw zeros are
+(close to) the identity map.
+
+Names for ``make_transformer``: ``"affine"``, ``"additive"``, ``"spline"`` (rational-quadratic, linear tails),
+``"bspline"`` (monotone B-spline), ``"mixture"`` (positive mixture of monotone functions).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+from ..functional import affine as F_aff
+from ..functional import bspline as F_bs
+from ..functional import mixture as F_mix
+from ..functional import spline as F_rqs
+
+Tensor = torch.Tensor
+
+TRANSFORMERS: dict[str, type] = {}
+
+
+class Transformer:
+    """Base class. Subclasses set ``name`` and ``num_params`` and implement ``forward``/``inverse``.
+
+    ``forward(x, params) -> (y, ladj)`` and ``inverse(y, params) -> (x, ladj)``, where ``ladj`` is the elementwise
+    log-derivative of the map computed (``log τ'(x)`` forward, ``-log τ'(x)`` inverse).
+    """
+
+    name = ""
+    num_params = 0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            TRANSFORMERS[cls.name] = cls
+
+    def kwargs(self) -> dict:
+        return {}
+
+    def spec(self) -> dict:
+        return {"name": self.name, **self.kwargs()}
+
+    def identity_params(self) -> Tensor:
+        """Raw parameters ``(num_params,)`` of the identity (or the closest map to it)."""
+        return torch.zeros(self.num_params)
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Transformer) and self.spec() == other.spec()
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+
+class Affine(Transformer):
+    """``y = shift + scale · x``, ``scale = 1e-3 + softplus(raw + c) > 0`` (see :mod:`pyroflows.functional.affine`)."""
+
+    name = "affine"
+    num_params = 2
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return F_aff.affine_forward(x, params)
+
+    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        x, ld = F_aff.affine_inverse(y, params)
+        return x, -ld
+
+
+class Additive(Transformer):
+    """``y = x + shift`` (volume preserving; NICE, Dinh et al. 2014)."""
+
+    name = "additive"
+    num_params = 1
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return F_aff.additive_forward(x, params)
+
+    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return F_aff.additive_inverse(y, params)
+
+
+class RQSpline(Transformer):
+    """Monotone rational-quadratic spline on ``[-bound, bound]`` with ``count_bins`` bins and identity tails
+    (Durkan et al. 2019). Closed-form inverse. ``num_params = 3 · count_bins - 1``."""
+
+    name = "spline"
+
+    def __init__(self, count_bins: int = 8, bound: float = 5.0) -> None:
+        if int(count_bins) < 2:
+            raise ValueError(f"count_bins must be >= 2, got {count_bins}")
+        if not float(bound) > 0:
+            raise ValueError(f"bound must be > 0, got {bound}")
+        self.count_bins, self.bound = int(count_bins), float(bound)
+        self.num_params = F_rqs.num_params(self.count_bins)
+
+    def kwargs(self) -> dict:
+        return {"count_bins": self.count_bins, "bound": self.bound}
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return F_rqs.rqs_forward(x, params, self.bound)
+
+    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        x, ld = F_rqs.rqs_inverse(y, params, self.bound)
+        return x, -ld
+
+
+def make_transformer(spec: str | dict | Transformer, **kwargs: Any) -> Transformer:
+    """A transformer from a name (``"spline"``), a spec dict (``{"name": "spline", "count_bins": 8}``) or an instance.
+
+    Keyword arguments the chosen transformer does not take (e.g. ``count_bins`` for ``"affine"``) are ignored, so
+    recipes can pass their spline options through unconditionally.
+    """
+    if isinstance(spec, Transformer):
+        return spec
+    if isinstance(spec, dict):
+        spec = dict(spec)
+        name = spec.pop("name")
+        kwargs = {**kwargs, **spec}
+    else:
+        name = spec
+    try:
+        cls = TRANSFORMERS[name]
+    except KeyError:
+        raise ValueError(f"unknown transformer {name!r}; choose one of {sorted(TRANSFORMERS)}") from None
+    accepted = inspect.signature(cls.__init__).parameters
+    return cls(**{k: v for k, v in kwargs.items() if k in accepted and v is not None})
+
+
+class MonotoneBSpline(Transformer):
+    """Monotone uniform quadratic B-spline on ``[-bound, bound]`` with ``count_bins`` intervals, strictly increasing
+    coefficients and C¹ linear tails (see :mod:`pyroflows.functional.bspline`). Closed-form inverse.
+    ``num_params = count_bins + 2``; raw zeros are exactly the identity."""
+
+    name = "bspline"
+
+    def __init__(self, count_bins: int = 8, bound: float = 5.0) -> None:
+        if int(count_bins) < 1:
+            raise ValueError(f"count_bins must be >= 1, got {count_bins}")
+        if not float(bound) > 0:
+            raise ValueError(f"bound must be > 0, got {bound}")
+        self.count_bins, self.bound = int(count_bins), float(bound)
+        self.num_params = F_bs.num_params(self.count_bins)
+
+    def kwargs(self) -> dict:
+        return {"count_bins": self.count_bins, "bound": self.bound}
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return F_bs.bspline_forward(x, params, self.bound)
+
+    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        x, ld = F_bs.bspline_inverse(y, params, self.bound)
+        return x, -ld
+
+
+class MonotoneMixture(Transformer):
+    """``y = a·x + Σ_k w_k σ((x - b_k)/s_k)`` with ``a, s_k > 0``, ``w_k ≥ 0`` and ``K = count_bins`` sigmoid
+    components (see :mod:`pyroflows.functional.mixture`). Inverse by bracketed bisection plus a differentiable Newton
+    step. ``num_params = 3 · count_bins + 1``; raw zeros are close to the identity (``x ≤ y ≤ x + 0.1``)."""
+
+    name = "mixture"
+
+    def __init__(self, count_bins: int = 8) -> None:
+        if int(count_bins) < 1:
+            raise ValueError(f"count_bins must be >= 1, got {count_bins}")
+        self.count_bins = int(count_bins)
+        self.num_params = F_mix.num_params(self.count_bins)
+
+    def kwargs(self) -> dict:
+        return {"count_bins": self.count_bins}
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return F_mix.mixture_forward(x, params)
+
+    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        x, ld = F_mix.mixture_inverse(y, params)
+        return x, -ld
