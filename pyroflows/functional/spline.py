@@ -49,63 +49,108 @@ def num_params(count_bins: int) -> int:
 
 def spline_knots(params: Tensor, bound: float) -> tuple[Tensor, Tensor, Tensor]:
     """Knot abscissae, ordinates and derivatives, each ``(..., K + 1)``, from raw parameters ``(..., 3K - 1)``."""
-    knots, d, _, _ = _knots_and_derivs(params, bound)
+    k = (params.shape[-1] + 1) // 3
+    uwh, ud = params.split([2 * k, k - 1], dim=-1)
+    _, ce, total = _cumulative(uwh.contiguous().unflatten(-1, (2, k)))
+    knots = torch.addcmul(_knot_offsets(k, bound, params), F.pad(ce[..., :-1], (1, 1)), _knot_scale(k, bound, total))
+    d = F.pad(MIN_DERIVATIVE + F.softplus(ud + _DERIV_SHIFT), (1, 1), value=1.0)
     return knots[..., 0, :], knots[..., 1, :], d
 
 
-def _knots_and_derivs(params: Tensor, bound: float):
-    k = (params.shape[-1] + 1) // 3
-    uwh, ud = params.split([2 * k, k - 1], dim=-1)
-    uwh = uwh.unflatten(-1, (2, k))
+def _knot_offsets(k: int, bound: float, like: Tensor) -> Tensor:
+    """``c_j = -bound + 2·bound·m·j`` for ``j < K`` and ``c_K = bound``: the parameter-free part of the knots."""
+    c = torch.arange(k + 1, dtype=like.dtype, device=like.device) * (2 * bound * MIN_BIN_WIDTH) - bound
+    c[-1] = bound
+    return c
+
+
+def _knot_scale(k: int, bound: float, total: Tensor) -> Tensor:
+    return (2 * bound * (1.0 - MIN_BIN_WIDTH * k)) / total
+
+
+def _cumulative(uwh: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Shifted exponentials ``e``, their cumulative sums ``ce`` and the row sums ``Σe`` (last axis of ``uwh``).
+
+    The bin sizes are ``2·bound·(m + (1 - m·K)·e_j/Σe)`` (a softmax with a floor), so interior knot ``j`` is
+    ``c_j + r·ce_{j-1}`` with ``r = 2·bound·(1 - m·K)/Σe``: affine in ``ce``, which keeps the fused backward short.
+    """
     e = torch.exp(uwh - uwh.amax(-1, keepdim=True))
-    probs = e / e.sum(-1, keepdim=True)  # softmax over the bins, widths and heights at once: (..., 2, K)
-    cum = torch.cumsum(MIN_BIN_WIDTH + (1.0 - MIN_BIN_WIDTH * k) * probs, dim=-1)
-    cum = cum / cum[..., -1:]  # exactly 1 at the end: the last knot is exactly +bound
-    knots = F.pad(cum, (1, 0)) * (2 * bound) - bound  # (..., 2, K + 1)
-    sig = torch.sigmoid(ud + _DERIV_SHIFT)
-    d = F.pad(MIN_DERIVATIVE + F.softplus(ud + _DERIV_SHIFT), (1, 1), value=1.0)  # (..., K + 1)
-    return knots, d, probs, sig
+    ce = torch.cumsum(e, dim=-1)
+    return e, ce, ce[..., -1:]
 
 
 class _BinParams(torch.autograd.Function):
     """``(x_k, w_k, y_k, h_k, d_k, d_{k+1})`` of the bin holding each value, with a fused backward to the raw params.
 
-    ``axis`` 0 searches the bins along x (forward map), 1 along y (inverse map). ``value`` must lie in the bound and
-    ``params`` must already have the full batch shape ``value.shape + (3K - 1,)``.
+    Takes the raw parameters bins-first, ``(3K - 1, *S)`` for values of shape ``S``, and works on ``(·, N)`` arrays
+    (``N`` = number of values) so that every op runs over a long contiguous axis. ``axis`` 0 searches the bins along
+    x (forward map), 1 along y (inverse map); ``value`` must lie in the bound.
+
+    Backward: with ``g_L``, ``g_R`` the gradients on the selected bin's left and right knots (only interior knots
+    depend on the parameters), ``A = r·g_L`` and ``B = r·g_R``,
+    ``∂L/∂u_i = e_i·((A + B)·[i < k] + B·[i = k] - (g_L·(x_k - c_k) + g_R·(x_{k+1} - c_{k+1}))/Σe)``
+    for the width (and, in the same way, height) logits, and ``g_d·sigmoid(u + c)`` for the two selected interior
+    derivatives.
     """
 
     @staticmethod
-    def forward(ctx, params: Tensor, value: Tensor, bound: float, axis: int):  # type: ignore[override]
-        knots, d, probs, sig = _knots_and_derivs(params, bound)
-        idx = (value.unsqueeze(-1) >= knots[..., axis, 1:-1]).sum(-1, keepdim=True)  # (..., 1) in 0..K-1
-        two = torch.cat([idx, idx + 1], -1)  # (..., 2)
-        kx = torch.gather(knots, -1, two.unsqueeze(-2).expand(knots.shape[:-1] + (2,)))  # (..., 2, 2)
-        dd = torch.gather(d, -1, two)  # (..., 2)
-        ctx.save_for_backward(idx, probs, sig)
-        ctx.bound = bound
-        x0, y0 = kx[..., 0, 0], kx[..., 1, 0]
-        return x0, kx[..., 0, 1] - x0, y0, kx[..., 1, 1] - y0, dd[..., 0], dd[..., 1]
+    def forward(ctx, params_t: Tensor, value: Tensor, bound: float, axis: int):  # type: ignore[override]
+        p = params_t.shape[0]
+        k = (p + 1) // 3
+        shape = value.shape
+        pt = params_t.reshape(p, -1)  # (P, N), contiguous
+        n = pt.shape[1]
+        v = value.reshape(n)
+        uwh = pt[: 2 * k].view(2, k, n)
+        e = torch.exp(uwh - uwh.amax(1, keepdim=True))  # (2, K, N)
+        ce = torch.cumsum(e, dim=1)
+        total = ce[:, -1:]  # (2, 1, N)
+        r = (2 * bound * (1.0 - MIN_BIN_WIDTH * k)) / total
+        offsets = _knot_offsets(k, bound, pt)  # (K + 1,)
+        interior = torch.addcmul(offsets[1:-1].view(1, k - 1, 1), ce[:, :-1], r)  # (2, K - 1, N)
+        idx = (v >= interior[axis]).sum(0)  # (N,) in 0..K-1
+        ends = pt.new_full((2, 1, n), bound)
+        knots = torch.cat([-ends, interior, ends], 1)  # (2, K + 1, N)
+        two = torch.stack([idx, idx + 1])  # (2, N): left and right knot of the bin
+        left = knots.gather(1, two[:1].expand(2, n).unsqueeze(1)).squeeze(1)  # (2, N): rows x, y
+        right = knots.gather(1, two[1:].expand(2, n).unsqueeze(1)).squeeze(1)
+        inner = (two >= 1) & (two <= k - 1)  # (2, N): is the left/right knot interior?
+        udp = torch.cat([pt.new_zeros(1, n), pt[2 * k :], pt.new_zeros(1, n)], 0)  # (K + 1, N)
+        us = udp.gather(0, two) + _DERIV_SHIFT
+        dd = torch.where(inner, MIN_DERIVATIVE + F.softplus(us), torch.ones_like(us))
+        sig = torch.sigmoid(us) * inner
+        ctx.save_for_backward(e, total, r, idx, two, left, right, offsets[two], sig, inner)
+        ctx.shape = shape
+        w, h = right[0] - left[0], right[1] - left[1]
+        return tuple(t.view(shape) for t in (left[0], w, left[1], h, dd[0], dd[1]))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_x0, g_w, g_y0, g_h, g_d0, g_d1):  # type: ignore[override]
-        idx, probs, sig = ctx.saved_tensors
-        k = probs.shape[-1]
-        bins = torch.arange(k, device=idx.device)
-        before = (bins < idx).to(probs.dtype).unsqueeze(-2)  # (..., 1, K): bins left of the selected one
-        at = (bins == idx).to(probs.dtype)  # (..., K)
-        scale = 2 * ctx.bound * (1.0 - MIN_BIN_WIDTH * k)
-        g_start = torch.stack([g_x0, g_y0], -1).unsqueeze(-1)  # (..., 2, 1)
-        g_size = torch.stack([g_w, g_h], -1).unsqueeze(-1)
-        g_p = scale * (g_start * before + g_size * at.unsqueeze(-2))  # dL/dprobs, (..., 2, K)
-        g_wh = probs * (g_p - (probs * g_p).sum(-1, keepdim=True))  # softmax backward
-        g_d = (g_d0.unsqueeze(-1) * at[..., 1:] + g_d1.unsqueeze(-1) * at[..., :-1]) * sig  # (..., K - 1)
-        return torch.cat([g_wh.flatten(-2), g_d], -1), None, None, None
+        e, total, r, idx, two, left, right, c_sel, sig, inner = ctx.saved_tensors
+        k, n = e.shape[1], e.shape[2]
+        g_x0, g_w, g_y0, g_h, g_d0, g_d1 = (g.reshape(n) for g in (g_x0, g_w, g_y0, g_h, g_d0, g_d1))
+        g_l = torch.stack([g_x0 - g_w, g_y0 - g_h]) * inner[:1]  # (2 rows, N): on the left knots
+        g_r = torch.stack([g_w, g_h]) * inner[1:]  # on the right knots
+        r = r.squeeze(1)
+        term2 = ((g_l * (left - c_sel[:1]) + g_r * (right - c_sel[1:])) / total.squeeze(1)).unsqueeze(1)
+        b = (g_r * r).unsqueeze(1)  # (2, 1, N)
+        ab = b + (g_l * r).unsqueeze(1)
+        bins = torch.arange(k, device=e.device).unsqueeze(1)  # (K, 1)
+        term1 = torch.where(bins < idx, ab, torch.where(bins == idx, b, torch.zeros_like(b)))  # (2, K, N)
+        g_wh = e * (term1 - term2)
+        g_d = e.new_zeros(k + 1, n).scatter_add_(0, two, torch.stack([g_d0, g_d1]) * sig)
+        grad = torch.cat([g_wh.reshape(2 * k, n), g_d[1:-1]], 0)
+        return grad.view((3 * k - 1,) + ctx.shape), None, None, None
 
 
 def _bin_params(params: Tensor, value: Tensor, bound: float, axis: int):
-    params = params.expand(value.shape + params.shape[-1:])
-    return _BinParams.apply(params, value, bound, axis)
+    # bins-first layout (P, *S): free when the conditioner already built its output that way (nn.mlp.params_view),
+    # otherwise one transposing copy, which the fast ops on long contiguous rows repay
+    if params.shape[:-1] != value.shape:
+        params = params.expand(value.shape + params.shape[-1:])
+    params_t = params.movedim(-1, 0).contiguous()
+    return _BinParams.apply(params_t, value.contiguous(), bound, axis)
 
 
 def _log_deriv(xi: Tensor, s: Tensor, d0: Tensor, d1: Tensor, den: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .mlp import OUTPUT_INIT, get_activation
+from .mlp import OUTPUT_INIT, get_activation, params_view
 
 Tensor = torch.Tensor
 
@@ -86,14 +86,15 @@ class MADE(nn.Module):
             self.biases.append(lin.bias)
             self.register_buffer(f"mask{i}", (degs[i + 1][:, None] >= degs[i][None, :]).to(torch.get_default_dtype()),
                                  persistent=False)
+        # parameter-major output units: unit p·D + i is parameter p of dimension i
         out = nn.Linear(hidden_dims[-1], input_dim * num_params)
-        deg_out = deg_in.repeat_interleave(num_params)
+        deg_out = deg_in.repeat(num_params)
         self.register_buffer("mask_out", (deg_out[:, None] > degs[-1][None, :]).to(torch.get_default_dtype()),
                              persistent=False)
         with torch.no_grad():
             if output_bias is not None:
                 out.weight.uniform_(-OUTPUT_INIT, OUTPUT_INIT)
-                out.bias.copy_(torch.as_tensor(output_bias, dtype=out.bias.dtype).repeat(input_dim))
+                out.bias.copy_(torch.as_tensor(output_bias, dtype=out.bias.dtype).repeat_interleave(input_dim))
         self.out_weight, self.out_bias = out.weight, out.bias
         self.context_layer = nn.Linear(context_dim, hidden_dims[0], bias=False) if context_dim > 0 else None
         # order in which the dimensions are determined, for sequential inversion
@@ -115,11 +116,11 @@ class MADE(nn.Module):
 
     def output(self, h: Tensor, dim: int | None = None) -> Tensor:
         """Parameters ``(..., D, P)`` from the last hidden activation, or ``(..., 1, P)`` for one dimension."""
-        p = self.num_params
+        d = self.input_dim
         if dim is None:
             out = F.linear(h, self.out_weight * self.mask_out, self.out_bias)
-            return out.unflatten(-1, (self.input_dim, p))
-        rows = slice(dim * p, (dim + 1) * p)
+            return params_view(out, self.num_params, d)
+        rows = slice(dim, None, d)  # units p·D + dim
         out = F.linear(h, self.out_weight[rows] * self.mask_out[rows], self.out_bias[rows])
         return out.unsqueeze(-2)
 

@@ -17,6 +17,17 @@ ACTIVATIONS = {"relu": F.relu, "elu": F.elu, "tanh": torch.tanh, "gelu": F.gelu,
 OUTPUT_INIT = 1e-3
 
 
+def params_view(out: Tensor, num_params: int, num_dims: int) -> Tensor:
+    """Turn a parameter-major network output ``(..., P·D)`` (unit ``p·D + i``) into per-dimension parameters.
+
+    Returns a ``(..., D, P)`` *view* of a contiguous ``(P, ..., D)`` buffer: transformers index it as
+    ``params[..., i, p]``, and kernels that want bins-first layout (the spline) get it back with a free
+    ``movedim(-1, 0)``. The one copy here moves whole ``D``-length rows, which is cheap.
+    """
+    out = out.unflatten(-1, (num_params, num_dims))
+    return out.movedim(-2, 0).contiguous().movedim(0, -1)
+
+
 def get_activation(name: str):
     try:
         return ACTIVATIONS[name]

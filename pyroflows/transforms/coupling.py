@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..nn.mlp import MLP
+from ..nn.mlp import MLP, params_view
 from .base import FlowTransform
 from .transformers import Transformer, make_transformer
 
@@ -96,12 +96,12 @@ class CouplingTransform(FlowTransform):
             hidden_dims,
             context_dim=context_dim,
             activation=activation,
-            output_bias=self.transformer.identity_params().repeat(self.num_b),
+            output_bias=self.transformer.identity_params().repeat_interleave(self.num_b),  # parameter-major
         )
 
     def _couple(self, v: Tensor, context: Tensor | None, forward: bool) -> tuple[Tensor, Tensor]:
         va, vb = v[..., self.idx_a], v[..., self.idx_b]
-        params = self.net(va, context).unflatten(-1, (self.num_b, self.transformer.num_params))
+        params = params_view(self.net(va, context), self.transformer.num_params, self.num_b)
         out_b, ld = (self.transformer.forward if forward else self.transformer.inverse)(vb, params)
         va = va.expand(out_b.shape[:-1] + va.shape[-1:])
         return torch.cat([va, out_b], -1)[..., self.unperm], ld.sum(-1)
