@@ -95,53 +95,61 @@ class _BinParams(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, params_t: Tensor, value: Tensor, bound: float, axis: int):  # type: ignore[override]
-        p = params_t.shape[0]
-        k = (p + 1) // 3
-        shape = value.shape
-        pt = params_t.reshape(p, -1)  # (P, N), contiguous
-        n = pt.shape[1]
-        v = value.reshape(n)
-        uwh = pt[: 2 * k].view(2, k, n)
-        e = torch.exp(uwh - uwh.amax(1, keepdim=True))  # (2, K, N)
-        ce = torch.cumsum(e, dim=1)
-        total = ce[:, -1:]  # (2, 1, N)
-        r = (2 * bound * (1.0 - MIN_BIN_WIDTH * k)) / total
-        offsets = _knot_offsets(k, bound, pt)  # (K + 1,)
-        interior = torch.addcmul(offsets[1:-1].view(1, k - 1, 1), ce[:, :-1], r)  # (2, K - 1, N)
-        idx = (v >= interior[axis]).sum(0)  # (N,) in 0..K-1
-        ends = pt.new_full((2, 1, n), bound)
-        knots = torch.cat([-ends, interior, ends], 1)  # (2, K + 1, N)
-        two = torch.stack([idx, idx + 1])  # (2, N): left and right knot of the bin
-        left = knots.gather(1, two[:1].expand(2, n).unsqueeze(1)).squeeze(1)  # (2, N): rows x, y
-        right = knots.gather(1, two[1:].expand(2, n).unsqueeze(1)).squeeze(1)
-        inner = (two >= 1) & (two <= k - 1)  # (2, N): is the left/right knot interior?
-        udp = torch.cat([pt.new_zeros(1, n), pt[2 * k :], pt.new_zeros(1, n)], 0)  # (K + 1, N)
-        us = udp.gather(0, two) + _DERIV_SHIFT
-        dd = torch.where(inner, MIN_DERIVATIVE + F.softplus(us), torch.ones_like(us))
-        sig = torch.sigmoid(us) * inner
-        ctx.save_for_backward(e, total, r, idx, two, left, right, offsets[two], sig, inner)
-        ctx.shape = shape
-        w, h = right[0] - left[0], right[1] - left[1]
-        return tuple(t.view(shape) for t in (left[0], w, left[1], h, dd[0], dd[1]))
+        outs, saved = _bin_forward(params_t, value.reshape(-1), bound, axis)
+        ctx.save_for_backward(*saved)
+        ctx.shape, ctx.num_params = value.shape, params_t.shape[0]
+        return tuple(t.view(value.shape) for t in outs)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g_x0, g_w, g_y0, g_h, g_d0, g_d1):  # type: ignore[override]
-        e, total, r, idx, two, left, right, c_sel, sig, inner = ctx.saved_tensors
-        k, n = e.shape[1], e.shape[2]
-        g_x0, g_w, g_y0, g_h, g_d0, g_d1 = (g.reshape(n) for g in (g_x0, g_w, g_y0, g_h, g_d0, g_d1))
-        g_l = torch.stack([g_x0 - g_w, g_y0 - g_h]) * inner[:1]  # (2 rows, N): on the left knots
-        g_r = torch.stack([g_w, g_h]) * inner[1:]  # on the right knots
-        r = r.squeeze(1)
-        term2 = ((g_l * (left - c_sel[:1]) + g_r * (right - c_sel[1:])) / total.squeeze(1)).unsqueeze(1)
-        b = (g_r * r).unsqueeze(1)  # (2, 1, N)
-        ab = b + (g_l * r).unsqueeze(1)
-        bins = torch.arange(k, device=e.device).unsqueeze(1)  # (K, 1)
-        term1 = torch.where(bins < idx, ab, torch.where(bins == idx, b, torch.zeros_like(b)))  # (2, K, N)
-        g_wh = e * (term1 - term2)
-        g_d = e.new_zeros(k + 1, n).scatter_add_(0, two, torch.stack([g_d0, g_d1]) * sig)
-        grad = torch.cat([g_wh.reshape(2 * k, n), g_d[1:-1]], 0)
-        return grad.view((3 * k - 1,) + ctx.shape), None, None, None
+    def backward(ctx, *grads):  # type: ignore[override]
+        g = _bin_backward(ctx.saved_tensors, *(t.reshape(-1) for t in grads))
+        return g.view((ctx.num_params,) + ctx.shape), None, None, None
+
+
+def _bin_forward(params_t: Tensor, v: Tensor, bound: float, axis: int):
+    """Forward of :class:`_BinParams` on flat values ``v`` ``(N,)``: the six bin quantities and what backward needs."""
+    p = params_t.shape[0]
+    k = (p + 1) // 3
+    pt = params_t.reshape(p, -1)  # (P, N), contiguous
+    n = pt.shape[1]
+    uwh = pt[: 2 * k].view(2, k, n)
+    e = torch.exp(uwh - uwh.amax(1, keepdim=True))  # (2, K, N)
+    ce = torch.cumsum(e, dim=1)
+    total = ce[:, -1:]  # (2, 1, N)
+    r = (2 * bound * (1.0 - MIN_BIN_WIDTH * k)) / total
+    offsets = _knot_offsets(k, bound, pt)  # (K + 1,)
+    interior = torch.addcmul(offsets[1:-1].view(1, k - 1, 1), ce[:, :-1], r)  # (2, K - 1, N)
+    idx = (v >= interior[axis]).sum(0)  # (N,) in 0..K-1
+    ends = pt.new_full((2, 1, n), bound)
+    knots = torch.cat([-ends, interior, ends], 1)  # (2, K + 1, N)
+    two = torch.stack([idx, idx + 1])  # (2, N): left and right knot of the bin
+    left = knots.gather(1, two[:1].expand(2, n).unsqueeze(1)).squeeze(1)  # (2, N): rows x, y
+    right = knots.gather(1, two[1:].expand(2, n).unsqueeze(1)).squeeze(1)
+    inner = (two >= 1) & (two <= k - 1)  # (2, N): is the left/right knot interior?
+    udp = torch.cat([pt.new_zeros(1, n), pt[2 * k :], pt.new_zeros(1, n)], 0)  # (K + 1, N)
+    us = udp.gather(0, two) + _DERIV_SHIFT
+    dd = torch.where(inner, MIN_DERIVATIVE + F.softplus(us), torch.ones_like(us))
+    sig = torch.sigmoid(us) * inner
+    outs = (left[0], right[0] - left[0], left[1], right[1] - left[1], dd[0], dd[1])
+    return outs, (e, total, r, idx, two, left, right, offsets[two], sig, inner)
+
+
+def _bin_backward(saved, g_x0: Tensor, g_w: Tensor, g_y0: Tensor, g_h: Tensor, g_d0: Tensor, g_d1: Tensor) -> Tensor:
+    """Gradient ``(P, N)`` of the raw parameters from the gradients of the six bin quantities (see _BinParams)."""
+    e, total, r, idx, two, left, right, c_sel, sig, inner = saved
+    k, n = e.shape[1], e.shape[2]
+    g_l = torch.stack([g_x0 - g_w, g_y0 - g_h]) * inner[:1]  # (2 rows, N): on the left knots
+    g_r = torch.stack([g_w, g_h]) * inner[1:]  # on the right knots
+    r = r.squeeze(1)
+    term2 = ((g_l * (left - c_sel[:1]) + g_r * (right - c_sel[1:])) / total.squeeze(1)).unsqueeze(1)
+    b = (g_r * r).unsqueeze(1)  # (2, 1, N)
+    ab = b + (g_l * r).unsqueeze(1)
+    bins = torch.arange(k, device=e.device).unsqueeze(1)  # (K, 1)
+    term1 = torch.where(bins < idx, ab, torch.where(bins == idx, b, torch.zeros_like(b)))  # (2, K, N)
+    g_wh = e * (term1 - term2)
+    g_d = e.new_zeros(k + 1, n).scatter_add_(0, two, torch.stack([g_d0, g_d1]) * sig)
+    return torch.cat([g_wh.reshape(2 * k, n), g_d[1:-1]], 0)
 
 
 def _bin_params(params: Tensor, value: Tensor, bound: float, axis: int):
@@ -159,8 +167,9 @@ def _log_deriv(xi: Tensor, s: Tensor, d0: Tensor, d1: Tensor, den: Tensor) -> Te
     return 2 * torch.log(s) + torch.log(num) - 2 * torch.log(den)
 
 
-def rqs_forward(x: Tensor, params: Tensor, bound: float) -> tuple[Tensor, Tensor]:
-    """``y = spline(x)`` and ``log |dy/dx|`` elementwise; ``params`` broadcasts to ``x.shape + (3K - 1,)``."""
+# ------------------------------------------------------------------------------------------------ reference (autograd)
+def rqs_forward_reference(x: Tensor, params: Tensor, bound: float) -> tuple[Tensor, Tensor]:
+    """:func:`rqs_forward` with the rational-quadratic differentiated by autograd (any order in ``x``)."""
     xc = x.clamp(-bound, bound)
     x0, w, y0, h, d0, d1 = _bin_params(params, xc, bound, 0)
     s = h / w
@@ -172,8 +181,8 @@ def rqs_forward(x: Tensor, params: Tensor, bound: float) -> tuple[Tensor, Tensor
     return y, ladj
 
 
-def rqs_inverse(y: Tensor, params: Tensor, bound: float) -> tuple[Tensor, Tensor]:
-    """``x = spline⁻¹(y)`` (closed form) and ``log |dy/dx|`` at ``x`` (the *forward* log-derivative)."""
+def rqs_inverse_reference(y: Tensor, params: Tensor, bound: float) -> tuple[Tensor, Tensor]:
+    """:func:`rqs_inverse` with the rational-quadratic differentiated by autograd (any order in ``y``)."""
     yc = y.clamp(-bound, bound)
     x0, w, y0, h, d0, d1 = _bin_params(params, yc, bound, 1)
     s = h / w
@@ -188,3 +197,128 @@ def rqs_inverse(y: Tensor, params: Tensor, bound: float) -> tuple[Tensor, Tensor
     den = s + q * xi * (1 - xi)
     ladj = _log_deriv(xi, s, d0, d1, den) * (y == yc).to(y.dtype)
     return x, ladj
+
+
+# ------------------------------------------------------------------------------------------------ fused
+def _partials(xi: Tensor, s: Tensor, d0: Tensor, d1: Tensor):
+    """``R = (sξ² + d0 t)/den`` (so ``y = y_k + h R``), the log-derivative ``L`` and their partial derivatives in
+    ``(ξ, s, d0, d1)``, with ``t = ξ(1 - ξ)``, ``q = d0 + d1 - 2s``, ``den = s + q t``,
+    ``numD = d1 ξ² + 2 s t + d0 (1 - ξ)²`` and ``L = 2 log s + log numD - 2 log den``."""
+    omx = 1 - xi
+    t = xi * omx
+    q = d0 + d1 - 2 * s
+    one_m2xi = 1 - 2 * xi
+    inv_den = 1 / (s + q * t)
+    num_y = s * xi * xi + d0 * t
+    r = num_y * inv_den
+    num_d = d1 * xi * xi + 2 * s * t + d0 * omx * omx
+    inv_nd = 1 / num_d
+    two_t = 2 * t
+    r_xi = (2 * s * xi + d0 * one_m2xi - r * q * one_m2xi) * inv_den
+    r_s = (xi * xi - r * (1 - two_t)) * inv_den
+    r_d0 = t * (1 - r) * inv_den
+    r_d1 = -r * t * inv_den
+    two_t_den = two_t * inv_den
+    l_xi = 2 * (d1 * xi + s * one_m2xi - d0 * omx) * inv_nd - 2 * q * one_m2xi * inv_den
+    l_s = 2 / s + two_t * inv_nd - 2 * (1 - two_t) * inv_den
+    l_d0 = omx * omx * inv_nd - two_t_den
+    l_d1 = xi * xi * inv_nd - two_t_den
+    ladj = 2 * torch.log(s) + torch.log(num_d) + 2 * torch.log(inv_den)
+    return r, ladj, (r_xi, r_s, r_d0, r_d1), (l_xi, l_s, l_d0, l_d1)
+
+
+class _RQSpline(torch.autograd.Function):
+    """The whole spline in one autograd node: ``(params_t, value) -> (output, forward log-derivative)``.
+
+    ``inverse=False`` maps ``x -> y``; ``inverse=True`` maps ``y -> x`` (the quadratic root) and returns the forward
+    log-derivative at that ``x``. Gradients are analytic: through ``ξ = (x - x_k)/w``, ``s = h/w`` for the forward map,
+    and through the implicit function ``y_k + h R(ξ) = y`` for the inverse, then into the raw parameters with
+    :func:`_bin_backward`. Points outside the bound are the identity and carry no parameter gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, params_t: Tensor, value: Tensor, bound: float, inverse: bool):  # type: ignore[override]
+        shape = value.shape
+        v = value.reshape(-1)
+        vc = v.clamp(-bound, bound)
+        inside = (v == vc).to(v.dtype)
+        (x0, w, y0, h, d0, d1), saved = _bin_forward(params_t, vc, bound, 1 if inverse else 0)
+        s = h / w
+        if inverse:
+            dy = vc - y0
+            q = d1 + d0 - 2 * s
+            a = h * (s - d0) + dy * q
+            b = h * d0 - dy * q
+            c = -s * dy
+            disc = (b * b - 4 * a * c).clamp_min(0)
+            xi = ((2 * c) / (-b - torch.sqrt(disc))).clamp(0, 1)
+            out = x0 + xi * w + (v - vc)
+        else:
+            xi = ((vc - x0) / w).clamp(0, 1)
+        r, ladj, r_parts, l_parts = _partials(xi, s, d0, d1)
+        if not inverse:
+            out = y0 + h * r + (v - vc)
+        ctx.save_for_backward(inside, xi, s, w, h, r, *r_parts, *l_parts, *saved)
+        ctx.inverse, ctx.shape, ctx.num_params = inverse, shape, params_t.shape[0]
+        return out.view(shape), (ladj * inside).view(shape)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_out, g_ladj):  # type: ignore[override]
+        inside, xi, s, w, h, r, r_xi, r_s, r_d0, r_d1, l_xi, l_s, l_d0, l_d1, *saved = ctx.saved_tensors
+        g_out = g_out.reshape(-1)
+        g_l = g_ladj.reshape(-1) * inside
+        if ctx.inverse:
+            # x = x_k + ξ w with ξ the root of y_k + h R(ξ, s, d0, d1) = y
+            lam = (g_out * w + g_l * l_xi) / (h * r_xi)
+            g_value = torch.where(inside > 0, lam, g_out)
+            g_s = g_l * l_s - lam * h * r_s
+            g_x0, g_y0 = g_out, -lam
+            g_w = g_out * xi - g_s * s / w
+            g_h = g_s / w - lam * r
+            g_d0 = g_l * l_d0 - lam * h * r_d0
+            g_d1 = g_l * l_d1 - lam * h * r_d1
+        else:
+            # y = y_k + h R(ξ, s, d0, d1) with ξ = (x - x_k)/w, s = h/w
+            ghy = g_out * h
+            g_xi = ghy * r_xi + g_l * l_xi
+            g_s = ghy * r_s + g_l * l_s
+            g_value = torch.where(inside > 0, g_xi / w, g_out)
+            g_x0, g_y0 = -g_xi / w, g_out
+            g_w = -(g_xi * xi + g_s * s) / w
+            g_h = g_out * r + g_s / w
+            g_d0 = ghy * r_d0 + g_l * l_d0
+            g_d1 = ghy * r_d1 + g_l * l_d1
+        grads = [g * inside for g in (g_x0, g_w, g_y0, g_h, g_d0, g_d1)]
+        g_params = _bin_backward(saved, *grads)
+        return g_params.view((ctx.num_params,) + ctx.shape), g_value.view(ctx.shape), None, None
+
+
+_FUSED = True
+
+
+def use_fused_kernel(enabled: bool = True) -> None:
+    """Select the fused spline kernel (default: fastest, first derivatives only) or the autograd reference
+    (slower; supports higher-order derivatives with respect to the input, e.g. for Hessians)."""
+    global _FUSED
+    _FUSED = bool(enabled)
+
+
+def _fused(v: Tensor, params: Tensor, bound: float, inverse: bool) -> tuple[Tensor, Tensor]:
+    if params.shape[:-1] != v.shape:
+        params = params.expand(v.shape + params.shape[-1:])
+    return _RQSpline.apply(params.movedim(-1, 0).contiguous(), v.contiguous(), bound, inverse)
+
+
+def rqs_forward(x: Tensor, params: Tensor, bound: float) -> tuple[Tensor, Tensor]:
+    """``y = spline(x)`` and ``log |dy/dx|`` elementwise; ``params`` broadcasts to ``x.shape + (3K - 1,)``."""
+    if _FUSED:
+        return _fused(x, params, bound, False)
+    return rqs_forward_reference(x, params, bound)
+
+
+def rqs_inverse(y: Tensor, params: Tensor, bound: float) -> tuple[Tensor, Tensor]:
+    """``x = spline⁻¹(y)`` (closed form) and ``log |dy/dx|`` at ``x`` (the *forward* log-derivative)."""
+    if _FUSED:
+        return _fused(y, params, bound, True)
+    return rqs_inverse_reference(y, params, bound)
