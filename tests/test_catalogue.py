@@ -217,3 +217,30 @@ def test_catalogue_covers_every_transform_class():
     exempt = {"Sigmoid", "Tanh", "MaskedAutoregressiveTransform", "InverseAutoregressiveTransform", "Permutation"}
     missing = set(TRANSFORMS) - used - exempt
     assert not missing, f"transforms missing from the catalogue suite: {sorted(missing)}"
+
+
+# ------------------------------------------------------------------------------------------------- own-sample reuse
+@pytest.mark.parametrize("name", ["IAF", "MAF", "Planar"])
+def test_log_prob_of_own_sample_is_reused_once_and_exact(name):
+    flow = build(name, 3, 0)
+    d = flow()
+    x = d.rsample((6,))
+    inverse_calls = []
+    for t in flow.transforms:
+        orig = t._inverse_ld
+        t._inverse_ld = lambda y, c, _orig=orig: (inverse_calls.append(1), _orig(y, c))[1]
+    lp_reused = d.log_prob(x)  # the density from the sampling pass, no inverse
+    assert not inverse_calls
+    lp_fresh = d.log_prob(x)  # one-shot: the second call runs the exact inverse
+    assert inverse_calls
+    torch.testing.assert_close(lp_reused, lp_fresh, atol=1e-9, rtol=1e-9)
+    # a modified (in place) or different tensor is never served from the sampling pass
+    y = d.rsample((6,))
+    inverse_calls.clear()
+    d.log_prob(y.clone())
+    assert inverse_calls
+    z = d.sample((4,))
+    z.add_(0.5)
+    inverse_calls.clear()
+    torch.testing.assert_close(d.log_prob(z), flow().log_prob(z.clone()), atol=1e-9, rtol=1e-9)
+    assert inverse_calls

@@ -109,6 +109,12 @@ class FlowDistribution(TorchDistribution):
 
     ``batch_shape`` is the context's batch shape (or ``()``), ``event_shape`` is ``(input_dim,)``. ``log_prob`` runs
     the inverse pass, ``rsample`` the forward pass, and ``rsample_and_log_prob`` draws and scores in one forward pass.
+
+    Scoring its own sample: ``rsample``/``sample`` compute the density of what they return in the same forward pass.
+    When ``log_prob`` is next called with *that very tensor* (same object, not modified in place since), it returns
+    this density instead of running the inverse: this is how Pyro's ``Trace_ELBO`` scores a guide sample, and it makes
+    an IAF guide cost one pass per step. The reuse is one-shot, checked by identity and version counter, and never
+    needed for correctness: any other tensor, or a second call, goes through the exact inverse.
     """
 
     arg_constraints: dict = {}
@@ -123,6 +129,7 @@ class FlowDistribution(TorchDistribution):
         if context is not None and batch_shape != ctx_batch:
             context = context.expand(batch_shape + context.shape[-1:])
         self.context = context
+        self._own_sample: tuple[Tensor, int, Tensor] | None = None
         super().__init__(batch_shape, torch.Size([flow.input_dim]), validate_args=False)
 
     # ----------------------------------------------------------------------------------------------- base density
@@ -139,8 +146,9 @@ class FlowDistribution(TorchDistribution):
 
     # ----------------------------------------------------------------------------------------------- API
     def rsample(self, sample_shape: Sequence[int] = ()) -> Tensor:
-        z = self._base_sample(torch.Size(sample_shape) + self.batch_shape)
-        return chain_forward(list(self.flow.transforms), z, self.context)[0]
+        x, lp = self.rsample_and_log_prob(sample_shape)
+        self._own_sample = (x, x._version, lp)
+        return x
 
     def sample(self, sample_shape: Sequence[int] = ()) -> Tensor:
         with torch.no_grad():
@@ -157,6 +165,9 @@ class FlowDistribution(TorchDistribution):
             return self.rsample_and_log_prob(sample_shape)
 
     def log_prob(self, value: Tensor) -> Tensor:
+        own, self._own_sample = self._own_sample, None
+        if own is not None and value is own[0] and value._version == own[1]:
+            return own[2]
         check_input(value, self.flow.input_dim, "value", f"{type(self.flow).__name__}.log_prob: ")
         z, ladj = chain_inverse(list(self.flow.transforms), value, self.context)
         lp = self._base_log_prob(z) + ladj
