@@ -27,6 +27,7 @@ added back without ``where``; values and gradients stay finite for inputs far ou
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -40,6 +41,7 @@ MIN_BIN_HEIGHT = 1e-3
 MIN_DERIVATIVE = 1e-3
 # softplus(0 + _DERIV_SHIFT) + MIN_DERIVATIVE == 1: raw zeros are the identity.
 _DERIV_SHIFT = math.log(math.expm1(1.0 - MIN_DERIVATIVE))
+_LOG2_E = 1.0 / math.log(2.0)
 
 
 def num_params(count_bins: int) -> int:
@@ -97,14 +99,25 @@ class _BinParams(torch.autograd.Function):
     def forward(ctx, params_t: Tensor, value: Tensor, bound: float, axis: int):  # type: ignore[override]
         outs, saved = _bin_forward(params_t, value.reshape(-1), bound, axis)
         ctx.save_for_backward(*saved)
-        ctx.shape, ctx.num_params = value.shape, params_t.shape[0]
+        ctx.shape, ctx.num_params, ctx.bound = value.shape, params_t.shape[0], bound
         return tuple(t.view(value.shape) for t in outs)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, *grads):  # type: ignore[override]
-        g = _bin_backward(ctx.saved_tensors, *(t.reshape(-1) for t in grads))
+        g = _bin_backward(ctx.saved_tensors, ctx.bound, *(t.reshape(-1) for t in grads))
         return g.view((ctx.num_params,) + ctx.shape), None, None, None
+
+
+@functools.lru_cache(maxsize=64)
+def _constants(k: int, bound: float, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Parameter-free tensors of a spline: the lower-triangular ones ``(K, K)`` (cumulative sums as a matmul, much
+    faster than ``cumsum`` along a middle axis on CPU), the interior knot offsets ``c_1..c_{K-1}`` and the two ends."""
+    with torch.inference_mode(False), torch.no_grad():
+        tri = torch.ones(k, k, dtype=dtype, device=device).tril_()
+        offsets = _knot_offsets(k, bound, tri)[1:-1].view(1, k - 1, 1).contiguous()
+        ends = torch.tensor([-bound, bound], dtype=dtype, device=device).view(1, 2, 1)
+    return tri, offsets, ends
 
 
 def _bin_forward(params_t: Tensor, v: Tensor, bound: float, axis: int):
@@ -113,43 +126,48 @@ def _bin_forward(params_t: Tensor, v: Tensor, bound: float, axis: int):
     k = (p + 1) // 3
     pt = params_t.reshape(p, -1)  # (P, N), contiguous
     n = pt.shape[1]
+    tri, offsets, ends = _constants(k, float(bound), pt.dtype, pt.device)
     uwh = pt[: 2 * k].view(2, k, n)
-    e = torch.exp(uwh - uwh.amax(1, keepdim=True))  # (2, K, N)
-    ce = torch.cumsum(e, dim=1)
+    # e = exp(u - max u), computed as 2^((u - max u)·log2 e): exp2 is vectorised far better than exp on CPU
+    e = ((uwh - uwh.amax(1, keepdim=True)) * _LOG2_E).exp2_()  # (2, K, N)
+    ce = torch.matmul(tri, e)  # cumulative sums over the bins
     total = ce[:, -1:]  # (2, 1, N)
     r = (2 * bound * (1.0 - MIN_BIN_WIDTH * k)) / total
-    offsets = _knot_offsets(k, bound, pt)  # (K + 1,)
-    interior = torch.addcmul(offsets[1:-1].view(1, k - 1, 1), ce[:, :-1], r)  # (2, K - 1, N)
-    idx = (v >= interior[axis]).sum(0)  # (N,) in 0..K-1
-    ends = pt.new_full((2, 1, n), bound)
-    knots = torch.cat([-ends, interior, ends], 1)  # (2, K + 1, N)
-    two = torch.stack([idx, idx + 1])  # (2, N): left and right knot of the bin
-    left = knots.gather(1, two[:1].expand(2, n).unsqueeze(1)).squeeze(1)  # (2, N): rows x, y
-    right = knots.gather(1, two[1:].expand(2, n).unsqueeze(1)).squeeze(1)
-    inner = (two >= 1) & (two <= k - 1)  # (2, N): is the left/right knot interior?
-    udp = torch.cat([pt.new_zeros(1, n), pt[2 * k :], pt.new_zeros(1, n)], 0)  # (K + 1, N)
-    us = udp.gather(0, two) + _DERIV_SHIFT
-    dd = torch.where(inner, MIN_DERIVATIVE + F.softplus(us), torch.ones_like(us))
-    sig = torch.sigmoid(us) * inner
-    outs = (left[0], right[0] - left[0], left[1], right[1] - left[1], dd[0], dd[1])
-    return outs, (e, total, r, idx, two, left, right, offsets[two], sig, inner)
+    inner_knots = torch.addcmul(offsets, ce[:, :-1], r)  # (2, K - 1, N): knots 1..K-1, rows x and y
+    idx = (v >= inner_knots[axis]).sum(0)  # (N,) in 0..K-1
+    has = torch.stack([idx > 0, idx < k - 1]).to(pt.dtype)  # (2, N): is the bin's left / right knot interior?
+    lr = torch.stack([(idx - 1).clamp(min=0), idx.clamp(max=k - 2)])  # (2, N): their rows in inner_knots
+    knots = torch.addcmul(ends, inner_knots.gather(1, lr.unsqueeze(0).expand(2, 2, n)) - ends, has)  # (row, side, N)
+    us = pt[2 * k :].gather(0, lr) + _DERIV_SHIFT  # (2, N): raw derivatives at the left / right knot
+    dd = torch.addcmul(torch.ones_like(us), F.softplus(us) - (1.0 - MIN_DERIVATIVE), has)
+    w, h = knots[0, 1] - knots[0, 0], knots[1, 1] - knots[1, 0]
+    outs = (knots[0, 0], w, knots[1, 0], h, dd[0], dd[1])
+    return outs, (e, total, r, idx, lr, has, knots, us)
 
 
-def _bin_backward(saved, g_x0: Tensor, g_w: Tensor, g_y0: Tensor, g_h: Tensor, g_d0: Tensor, g_d1: Tensor) -> Tensor:
+def _bin_backward(saved, bound: float, g_x0: Tensor, g_w: Tensor, g_y0: Tensor, g_h: Tensor, g_d0: Tensor,
+                  g_d1: Tensor) -> Tensor:
     """Gradient ``(P, N)`` of the raw parameters from the gradients of the six bin quantities (see _BinParams)."""
-    e, total, r, idx, two, left, right, c_sel, sig, inner = saved
+    e, total, r, idx, lr, has, knots, us = saved
     k, n = e.shape[1], e.shape[2]
-    g_l = torch.stack([g_x0 - g_w, g_y0 - g_h]) * inner[:1]  # (2 rows, N): on the left knots
-    g_r = torch.stack([g_w, g_h]) * inner[1:]  # on the right knots
+    g_l = torch.stack([g_x0 - g_w, g_y0 - g_h]) * has[0]  # (2 rows, N): on the left knots (interior only)
+    g_r = torch.stack([g_w, g_h]) * has[1]  # on the right knots
     r = r.squeeze(1)
-    term2 = ((g_l * (left - c_sel[:1]) + g_r * (right - c_sel[1:])) / total.squeeze(1)).unsqueeze(1)
+    # interior knot j is c_j + r·ce_{j-1} with c_j = -bound + 2·bound·m·j, so (knot - c_j) = r·ce_{j-1}
+    step = 2 * bound * MIN_BIN_WIDTH
+    c_left = idx.to(e.dtype) * step - bound
+    term2 = (g_l * (knots[:, 0] - c_left) + g_r * (knots[:, 1] - (c_left + step))) / total.squeeze(1)
     b = (g_r * r).unsqueeze(1)  # (2, 1, N)
     ab = b + (g_l * r).unsqueeze(1)
-    bins = torch.arange(k, device=e.device).unsqueeze(1)  # (K, 1)
-    term1 = torch.where(bins < idx, ab, torch.where(bins == idx, b, torch.zeros_like(b)))  # (2, K, N)
-    g_wh = e * (term1 - term2)
-    g_d = e.new_zeros(k + 1, n).scatter_add_(0, two, torch.stack([g_d0, g_d1]) * sig)
-    return torch.cat([g_wh.reshape(2 * k, n), g_d[1:-1]], 0)
+    # (A + B) on the bins left of the selected one, B on it, 0 right of it: (2, K, N). The masks are built as floats
+    # from idx - i (a broadcast torch.where or a float-times-bool product is several times slower on CPU).
+    dist = idx.to(e.dtype) - torch.arange(k, device=e.device, dtype=e.dtype).unsqueeze(1)  # (K, N)
+    term1 = torch.addcmul(ab * dist.clamp(0, 1), b, (1 - dist.abs()).clamp_(min=0))
+    grad = torch.empty(3 * k - 1, n, dtype=e.dtype, device=e.device)
+    torch.mul(e, term1 - term2.unsqueeze(1), out=grad[: 2 * k].view(2, k, n))
+    g_d = grad[2 * k :].zero_()
+    g_d.scatter_add_(0, lr, torch.stack([g_d0, g_d1]) * torch.sigmoid(us) * has)
+    return grad
 
 
 def _bin_params(params: Tensor, value: Tensor, bound: float, axis: int):
@@ -201,30 +219,27 @@ def rqs_inverse_reference(y: Tensor, params: Tensor, bound: float) -> tuple[Tens
 
 # ------------------------------------------------------------------------------------------------ fused
 def _partials(xi: Tensor, s: Tensor, d0: Tensor, d1: Tensor):
-    """``R = (sξ² + d0 t)/den`` (so ``y = y_k + h R``), the log-derivative ``L`` and their partial derivatives in
-    ``(ξ, s, d0, d1)``, with ``t = ξ(1 - ξ)``, ``q = d0 + d1 - 2s``, ``den = s + q t``,
-    ``numD = d1 ξ² + 2 s t + d0 (1 - ξ)²`` and ``L = 2 log s + log numD - 2 log den``."""
+    """Partial derivatives of ``R = (sξ² + d0 t)/den`` (so that ``y = y_k + h R``) and of the log-derivative
+    ``L = 2 log s + log numD - 2 log den`` in ``(ξ, s, d0, d1)``, with ``t = ξ(1 - ξ)``, ``q = d0 + d1 - 2s``,
+    ``den = s + q t`` and ``numD = d1 ξ² + 2 s t + d0 (1 - ξ)²``. Returns ``R`` and two ``(4, N)`` stacks of partials
+    (order ξ, s, d0, d1)."""
     omx = 1 - xi
     t = xi * omx
+    xi2, omx2, two_t = xi * xi, omx * omx, 2 * t
     q = d0 + d1 - 2 * s
     one_m2xi = 1 - 2 * xi
     inv_den = 1 / (s + q * t)
-    num_y = s * xi * xi + d0 * t
-    r = num_y * inv_den
-    num_d = d1 * xi * xi + 2 * s * t + d0 * omx * omx
-    inv_nd = 1 / num_d
-    two_t = 2 * t
-    r_xi = (2 * s * xi + d0 * one_m2xi - r * q * one_m2xi) * inv_den
-    r_s = (xi * xi - r * (1 - two_t)) * inv_den
-    r_d0 = t * (1 - r) * inv_den
-    r_d1 = -r * t * inv_den
-    two_t_den = two_t * inv_den
-    l_xi = 2 * (d1 * xi + s * one_m2xi - d0 * omx) * inv_nd - 2 * q * one_m2xi * inv_den
-    l_s = 2 / s + two_t * inv_nd - 2 * (1 - two_t) * inv_den
-    l_d0 = omx * omx * inv_nd - two_t_den
-    l_d1 = xi * xi * inv_nd - two_t_den
-    ladj = 2 * torch.log(s) + torch.log(num_d) + 2 * torch.log(inv_den)
-    return r, ladj, (r_xi, r_s, r_d0, r_d1), (l_xi, l_s, l_d0, l_d1)
+    r = (s * xi2 + d0 * t) * inv_den
+    inv_nd = 1 / (d1 * xi2 + s * two_t + d0 * omx2)
+    # R = numY/den: each partial is (∂numY - R ∂den)/den
+    d_num_y = torch.stack([2 * s * xi + d0 * one_m2xi, xi2, t, torch.zeros_like(t)])
+    d_den = torch.stack([q * one_m2xi, 1 - two_t, t, t])
+    r_parts = (d_num_y - r * d_den) * inv_den
+    # L = 2 log s + log numD - 2 log den
+    d_num_d = torch.stack([2 * (d1 * xi + s * one_m2xi - d0 * omx), two_t, omx2, xi2])
+    l_parts = d_num_d * inv_nd - 2 * d_den * inv_den
+    l_parts[1] += 2 / s
+    return r, r_parts, l_parts
 
 
 class _RQSpline(torch.autograd.Function):
@@ -233,7 +248,8 @@ class _RQSpline(torch.autograd.Function):
     ``inverse=False`` maps ``x -> y``; ``inverse=True`` maps ``y -> x`` (the quadratic root) and returns the forward
     log-derivative at that ``x``. Gradients are analytic: through ``ξ = (x - x_k)/w``, ``s = h/w`` for the forward map,
     and through the implicit function ``y_k + h R(ξ) = y`` for the inverse, then into the raw parameters with
-    :func:`_bin_backward`. Points outside the bound are the identity and carry no parameter gradient.
+    :func:`_bin_backward`. Points outside the bound are the identity and carry no parameter gradient. The forward
+    computes only the outputs; the partial derivatives are formed in backward.
     """
 
     @staticmethod
@@ -241,31 +257,36 @@ class _RQSpline(torch.autograd.Function):
         shape = value.shape
         v = value.reshape(-1)
         vc = v.clamp(-bound, bound)
-        inside = (v == vc).to(v.dtype)
         (x0, w, y0, h, d0, d1), saved = _bin_forward(params_t, vc, bound, 1 if inverse else 0)
         s = h / w
+        q = d1 + d0 - 2 * s
         if inverse:
             dy = vc - y0
-            q = d1 + d0 - 2 * s
             a = h * (s - d0) + dy * q
             b = h * d0 - dy * q
             c = -s * dy
-            disc = (b * b - 4 * a * c).clamp_min(0)
-            xi = ((2 * c) / (-b - torch.sqrt(disc))).clamp(0, 1)
+            xi = ((2 * c) / (-b - torch.sqrt((b * b - 4 * a * c).clamp_min(0)))).clamp(0, 1)
+            t = xi * (1 - xi)
+            den = s + q * t
             out = x0 + xi * w + (v - vc)
         else:
             xi = ((vc - x0) / w).clamp(0, 1)
-        r, ladj, r_parts, l_parts = _partials(xi, s, d0, d1)
-        if not inverse:
-            out = y0 + h * r + (v - vc)
-        ctx.save_for_backward(inside, xi, s, w, h, r, *r_parts, *l_parts, *saved)
-        ctx.inverse, ctx.shape, ctx.num_params = inverse, shape, params_t.shape[0]
-        return out.view(shape), (ladj * inside).view(shape)
+            t = xi * (1 - xi)
+            den = s + q * t
+            out = y0 + h * (s * xi * xi + d0 * t) / den + (v - vc)
+        omx = 1 - xi
+        num_d = d1 * xi * xi + 2 * s * t + d0 * omx * omx
+        inside = (v == vc).to(v.dtype)
+        ladj = (2 * torch.log(s / den) + torch.log(num_d)) * inside
+        ctx.save_for_backward(inside, xi, s, w, h, d0, d1, *saved)
+        ctx.inverse, ctx.shape, ctx.num_params, ctx.bound = inverse, shape, params_t.shape[0], bound
+        return out.view(shape), ladj.view(shape)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_out, g_ladj):  # type: ignore[override]
-        inside, xi, s, w, h, r, r_xi, r_s, r_d0, r_d1, l_xi, l_s, l_d0, l_d1, *saved = ctx.saved_tensors
+        inside, xi, s, w, h, d0, d1, *saved = ctx.saved_tensors
+        r, (r_xi, r_s, r_d0, r_d1), (l_xi, l_s, l_d0, l_d1) = _partials(xi, s, d0, d1)
         g_out = g_out.reshape(-1)
         g_l = g_ladj.reshape(-1) * inside
         if ctx.inverse:
@@ -276,21 +297,23 @@ class _RQSpline(torch.autograd.Function):
             g_x0, g_y0 = g_out, -lam
             g_w = g_out * xi - g_s * s / w
             g_h = g_s / w - lam * r
-            g_d0 = g_l * l_d0 - lam * h * r_d0
-            g_d1 = g_l * l_d1 - lam * h * r_d1
+            lam_h = lam * h
+            g_d0 = g_l * l_d0 - lam_h * r_d0
+            g_d1 = g_l * l_d1 - lam_h * r_d1
         else:
             # y = y_k + h R(ξ, s, d0, d1) with ξ = (x - x_k)/w, s = h/w
             ghy = g_out * h
             g_xi = ghy * r_xi + g_l * l_xi
             g_s = ghy * r_s + g_l * l_s
-            g_value = torch.where(inside > 0, g_xi / w, g_out)
-            g_x0, g_y0 = -g_xi / w, g_out
-            g_w = -(g_xi * xi + g_s * s) / w
+            g_xi_w = g_xi / w
+            g_value = torch.where(inside > 0, g_xi_w, g_out)
+            g_x0, g_y0 = -g_xi_w, g_out
+            g_w = -(g_xi_w * xi + g_s * s / w)
             g_h = g_out * r + g_s / w
             g_d0 = ghy * r_d0 + g_l * l_d0
             g_d1 = ghy * r_d1 + g_l * l_d1
         grads = [g * inside for g in (g_x0, g_w, g_y0, g_h, g_d0, g_d1)]
-        g_params = _bin_backward(saved, *grads)
+        g_params = _bin_backward(saved, ctx.bound, *grads)
         return g_params.view((ctx.num_params,) + ctx.shape), g_value.view(ctx.shape), None, None
 
 

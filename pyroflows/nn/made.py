@@ -11,11 +11,13 @@ order, its sizes and its weights; the masks are buffers and travel with ``.to(de
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from .mlp import OUTPUT_INIT, get_activation, params_view
 
@@ -78,24 +80,28 @@ class MADE(nn.Module):
         self.register_buffer("degrees", deg_in, persistent=False)
         degs = [deg_in] + [hidden_degrees(h, input_dim) for h in hidden_dims]
         sizes = [input_dim, *hidden_dims]
-        self.weights = nn.ParameterList()
-        self.biases = nn.ParameterList()
+        tensors: list[Tensor] = []
+        masks: list[Tensor] = []
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
             lin = nn.Linear(a, b)
-            self.weights.append(lin.weight)
-            self.biases.append(lin.bias)
-            self.register_buffer(f"mask{i}", (degs[i + 1][:, None] >= degs[i][None, :]).to(torch.get_default_dtype()),
-                                 persistent=False)
+            tensors += [lin.weight.detach(), lin.bias.detach()]
+            masks.append((degs[i + 1][:, None] >= degs[i][None, :]).to(torch.get_default_dtype()))
         # parameter-major output units: unit p·D + i is parameter p of dimension i
         out = nn.Linear(hidden_dims[-1], input_dim * num_params)
         deg_out = deg_in.repeat(num_params)
-        self.register_buffer("mask_out", (deg_out[:, None] > degs[-1][None, :]).to(torch.get_default_dtype()),
-                             persistent=False)
+        masks.append((deg_out[:, None] > degs[-1][None, :]).to(torch.get_default_dtype()))
         with torch.no_grad():
             if output_bias is not None:
                 out.weight.uniform_(-OUTPUT_INIT, OUTPUT_INIT)
                 out.bias.copy_(torch.as_tensor(output_bias, dtype=out.bias.dtype).repeat_interleave(input_dim))
-        self.out_weight, self.out_bias = out.weight, out.bias
+        tensors += [out.weight.detach(), out.bias.detach()]
+        for i, m in enumerate(masks):
+            self.register_buffer(f"mask{i}", m, persistent=False)
+        self.num_layers = len(masks)
+        self._shapes = [tuple(t.shape) for t in tensors]
+        #: all weights and biases in one tensor, layout [W_1, b_1, ..., W_L, b_L] (row-major): one optimizer update
+        #: per MADE instead of 2L (optimizers without foreach, the CPU default, loop over tensors)
+        self.flat = nn.Parameter(torch.cat([t.reshape(-1) for t in tensors]))
         self.context_layer = nn.Linear(context_dim, hidden_dims[0], bias=False) if context_dim > 0 else None
         # order in which the dimensions are determined, for sequential inversion
         self._sequence = torch.argsort(deg_in).tolist()
@@ -105,24 +111,62 @@ class MADE(nn.Module):
         """Dimensions in autoregressive order (first to last)."""
         return self._sequence
 
-    def hidden(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+    def layers(self) -> list[tuple[Tensor, Tensor]]:
+        """``[(W_1 ⊙ M_1, b_1), ..., (W_L ⊙ M_L, b_L)]``: the masked weights and biases, differentiable."""
+        masks = [getattr(self, f"mask{i}") for i in range(self.num_layers)]
+        out = _MaskedUnpack.apply(self.flat, self._shapes, *masks)
+        return list(zip(out[0::2], out[1::2]))
+
+    def hidden(self, x: Tensor, context: Tensor | None = None, layers: list | None = None) -> Tensor:
         """Last hidden activation (before the output layer)."""
-        h = F.linear(x, self.weights[0] * self.mask0, self.biases[0])
+        layers = self.layers() if layers is None else layers
+        h = F.linear(x, *layers[0])
         if self.context_layer is not None:
             h = h + self.context_layer(context)
-        for i in range(1, len(self.weights)):
-            h = F.linear(self._act(h), self.weights[i] * getattr(self, f"mask{i}"), self.biases[i])
+        for w, b in layers[1:-1]:
+            h = F.linear(self._act(h), w, b)
         return self._act(h)
 
-    def output(self, h: Tensor, dim: int | None = None) -> Tensor:
+    def output(self, h: Tensor, dim: int | None = None, layers: list | None = None) -> Tensor:
         """Parameters ``(..., D, P)`` from the last hidden activation, or ``(..., 1, P)`` for one dimension."""
+        w, b = (self.layers() if layers is None else layers)[-1]
         d = self.input_dim
         if dim is None:
-            out = F.linear(h, self.out_weight * self.mask_out, self.out_bias)
-            return params_view(out, self.num_params, d)
+            return params_view(F.linear(h, w, b), self.num_params, d)
         rows = slice(dim, None, d)  # units p·D + dim
-        out = F.linear(h, self.out_weight[rows] * self.mask_out[rows], self.out_bias[rows])
-        return out.unsqueeze(-2)
+        return F.linear(h, w[rows], b[rows]).unsqueeze(-2)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        return self.output(self.hidden(x, context))
+        layers = self.layers()
+        return self.output(self.hidden(x, context, layers), layers=layers)
+
+
+class _MaskedUnpack(torch.autograd.Function):
+    """Split a flat parameter into ``(W_1 ⊙ M_1, b_1, ..., W_L ⊙ M_L, b_L)`` in one autograd node.
+
+    Backward masks the weight gradients and concatenates everything back into the flat layout (one ``cat``), instead
+    of one slice/view/mul node per tensor.
+    """
+
+    @staticmethod
+    def forward(ctx, flat: Tensor, shapes: list, *masks: Tensor):  # type: ignore[override]
+        sizes = [math.prod(sh) for sh in shapes]
+        parts = flat.split(sizes)
+        out = []
+        for i, (part, sh) in enumerate(zip(parts, shapes)):
+            out.append(part.view(sh) * masks[i // 2] if i % 2 == 0 else part.clone())
+        ctx.save_for_backward(*masks)
+        ctx.sizes = sizes
+        return tuple(out)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads: Tensor):  # type: ignore[override]
+        masks = ctx.saved_tensors
+        flat = []
+        for i, (g, size) in enumerate(zip(grads, ctx.sizes)):
+            if g is None:
+                flat.append(masks[0].new_zeros(size))
+            else:
+                flat.append((g * masks[i // 2]).reshape(-1) if i % 2 == 0 else g.reshape(-1))
+        return (torch.cat(flat), None) + (None,) * len(masks)

@@ -83,8 +83,9 @@ class AutoregressiveTransform(FlowTransform):
         fn = self.transformer.forward if forward else self.transformer.inverse
         out = torch.zeros_like(given)
         total = None
+        layers = self.made.layers()
         for dim in self.made.sequence:
-            params = self.made.output(self.made.hidden(out, context), dim)
+            params = self.made.output(self.made.hidden(out, context, layers), dim, layers)
             value, ld = fn(given[..., dim : dim + 1], params)
             out = torch.where(self._onehot[dim], value, out)
             total = ld if total is None else total + ld
