@@ -105,7 +105,7 @@ class _BinParams(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, *grads):  # type: ignore[override]
-        g = _bin_backward(ctx.saved_tensors, ctx.bound, *(t.reshape(-1) for t in grads))
+        g = _bin_backward(ctx.saved_tensors, ctx.bound, torch.stack([t.reshape(-1) for t in grads]))
         return g.view((ctx.num_params,) + ctx.shape), None, None, None
 
 
@@ -145,13 +145,14 @@ def _bin_forward(params_t: Tensor, v: Tensor, bound: float, axis: int):
     return outs, (e, total, r, idx, lr, has, knots, us)
 
 
-def _bin_backward(saved, bound: float, g_x0: Tensor, g_w: Tensor, g_y0: Tensor, g_h: Tensor, g_d0: Tensor,
-                  g_d1: Tensor) -> Tensor:
-    """Gradient ``(P, N)`` of the raw parameters from the gradients of the six bin quantities (see _BinParams)."""
+def _bin_backward(saved, bound: float, g6: Tensor) -> Tensor:
+    """Gradient ``(P, N)`` of the raw parameters from the gradients ``(6, N)`` of the bin quantities
+    ``(x_k, w_k, y_k, h_k, d_k, d_{k+1})`` (see :class:`_BinParams`)."""
     e, total, r, idx, lr, has, knots, us = saved
     k, n = e.shape[1], e.shape[2]
-    g_l = torch.stack([g_x0 - g_w, g_y0 - g_h]) * has[0]  # (2 rows, N): on the left knots (interior only)
-    g_r = torch.stack([g_w, g_h]) * has[1]  # on the right knots
+    pairs = g6.view(3, 2, -1)  # ((x0, w), (y0, h), (d0, d1))
+    g_r = pairs[:2, 1] * has[1]  # (2 rows, N): on the right knots (interior only)
+    g_l = (pairs[:2, 0] - pairs[:2, 1]) * has[0]  # on the left knots
     r = r.squeeze(1)
     # interior knot j is c_j + r·ce_{j-1} with c_j = -bound + 2·bound·m·j, so (knot - c_j) = r·ce_{j-1}
     step = 2 * bound * MIN_BIN_WIDTH
@@ -166,7 +167,7 @@ def _bin_backward(saved, bound: float, g_x0: Tensor, g_w: Tensor, g_y0: Tensor, 
     grad = torch.empty(3 * k - 1, n, dtype=e.dtype, device=e.device)
     torch.mul(e, term1 - term2.unsqueeze(1), out=grad[: 2 * k].view(2, k, n))
     g_d = grad[2 * k :].zero_()
-    g_d.scatter_add_(0, lr, torch.stack([g_d0, g_d1]) * torch.sigmoid(us) * has)
+    g_d.scatter_add_(0, lr, pairs[2] * torch.sigmoid(us) * has)
     return grad
 
 
@@ -218,27 +219,23 @@ def rqs_inverse_reference(y: Tensor, params: Tensor, bound: float) -> tuple[Tens
 
 
 # ------------------------------------------------------------------------------------------------ fused
-def _partials(xi: Tensor, s: Tensor, d0: Tensor, d1: Tensor):
+def _partials(xi: Tensor, t: Tensor, s: Tensor, q: Tensor, d0: Tensor, d1: Tensor, inv_den: Tensor, inv_nd: Tensor):
     """Partial derivatives of ``R = (sξ² + d0 t)/den`` (so that ``y = y_k + h R``) and of the log-derivative
     ``L = 2 log s + log numD - 2 log den`` in ``(ξ, s, d0, d1)``, with ``t = ξ(1 - ξ)``, ``q = d0 + d1 - 2s``,
     ``den = s + q t`` and ``numD = d1 ξ² + 2 s t + d0 (1 - ξ)²``. Returns ``R`` and two ``(4, N)`` stacks of partials
     (order ξ, s, d0, d1)."""
     omx = 1 - xi
-    t = xi * omx
-    xi2, omx2, two_t = xi * xi, omx * omx, 2 * t
-    q = d0 + d1 - 2 * s
+    xi2 = xi * xi
     one_m2xi = 1 - 2 * xi
-    inv_den = 1 / (s + q * t)
-    r = (s * xi2 + d0 * t) * inv_den
-    inv_nd = 1 / (d1 * xi2 + s * two_t + d0 * omx2)
-    # R = numY/den: each partial is (∂numY - R ∂den)/den
-    d_num_y = torch.stack([2 * s * xi + d0 * one_m2xi, xi2, t, torch.zeros_like(t)])
-    d_den = torch.stack([q * one_m2xi, 1 - two_t, t, t])
-    r_parts = (d_num_y - r * d_den) * inv_den
-    # L = 2 log s + log numD - 2 log den
-    d_num_d = torch.stack([2 * (d1 * xi + s * one_m2xi - d0 * omx), two_t, omx2, xi2])
-    l_parts = d_num_d * inv_nd - 2 * d_den * inv_den
-    l_parts[1] += 2 / s
+    r = torch.addcmul(d0 * t, s, xi2).mul_(inv_den)
+    # R = numY/den: each partial is (∂numY - R ∂den)/den;  L: ∂numD/numD - 2 ∂den/den (+ 2/s for s)
+    d_den = torch.stack([q * one_m2xi, 1 - 2 * t, t, t])
+    d_num_y = torch.stack([torch.addcmul(d0 * one_m2xi, s, xi, value=2), xi2, t, torch.zeros_like(t)])
+    d_num_d = torch.stack([torch.addcmul(torch.addcmul(d1 * xi, s, one_m2xi), d0, omx, value=-1).mul_(2), 2 * t,
+                           omx * omx, xi2])
+    r_parts = torch.addcmul(d_num_y, r, d_den, value=-1).mul_(inv_den)
+    l_parts = torch.addcmul(d_num_d.mul_(inv_nd), d_den, inv_den, value=-2)
+    l_parts[1].add_(2 / s)
     return r, r_parts, l_parts
 
 
@@ -249,7 +246,8 @@ class _RQSpline(torch.autograd.Function):
     log-derivative at that ``x``. Gradients are analytic: through ``ξ = (x - x_k)/w``, ``s = h/w`` for the forward map,
     and through the implicit function ``y_k + h R(ξ) = y`` for the inverse, then into the raw parameters with
     :func:`_bin_backward`. Points outside the bound are the identity and carry no parameter gradient. The forward
-    computes only the outputs; the partial derivatives are formed in backward.
+    computes only the outputs; the partial derivatives are formed in backward. Written with fused and in-place ops:
+    at the sizes of a training batch the cost is mostly per-op overhead.
     """
 
     @staticmethod
@@ -259,61 +257,56 @@ class _RQSpline(torch.autograd.Function):
         vc = v.clamp(-bound, bound)
         (x0, w, y0, h, d0, d1), saved = _bin_forward(params_t, vc, bound, 1 if inverse else 0)
         s = h / w
-        q = d1 + d0 - 2 * s
+        q = (d0 + d1).sub_(s, alpha=2)
         if inverse:
             dy = vc - y0
-            a = h * (s - d0) + dy * q
-            b = h * d0 - dy * q
-            c = -s * dy
-            xi = ((2 * c) / (-b - torch.sqrt((b * b - 4 * a * c).clamp_min(0)))).clamp(0, 1)
-            t = xi * (1 - xi)
-            den = s + q * t
-            out = x0 + xi * w + (v - vc)
+            dyq = dy * q
+            a = torch.addcmul(dyq, h, s - d0)
+            b = torch.mul(h, d0).sub_(dyq)
+            c = s * dy  # minus the constant term of the quadratic
+            root = torch.addcmul(b * b, a, c, value=4).clamp_min_(0).sqrt_()
+            xi = torch.div(c, root.add_(b)).mul_(2).clamp_(0, 1)  # the cancellation-free root 2c / (b + √disc)
+            omx = 1 - xi
+            t = xi * omx  # not ξ - ξ², which cancels near ξ = 1
+            den = torch.addcmul(s, q, t)
+            out = torch.addcmul(x0, xi, w).add_(v - vc)  # tail term first: exactly 0 inside the bound
         else:
-            xi = ((vc - x0) / w).clamp(0, 1)
-            t = xi * (1 - xi)
-            den = s + q * t
-            out = y0 + h * (s * xi * xi + d0 * t) / den + (v - vc)
-        omx = 1 - xi
-        num_d = d1 * xi * xi + 2 * s * t + d0 * omx * omx
+            xi = torch.sub(vc, x0).div_(w).clamp_(0, 1)
+            omx = 1 - xi
+            t = xi * omx
+            den = torch.addcmul(s, q, t)
+            num_y = torch.addcmul(d0 * t, s, xi * xi)
+            out = torch.addcmul(y0, h, num_y.div_(den)).add_(v - vc)  # tail term exactly 0 inside the bound
+        num_d = torch.addcmul(torch.addcmul(d1 * xi * xi, s, t, value=2), d0, omx * omx)
         inside = (v == vc).to(v.dtype)
-        ladj = (2 * torch.log(s / den) + torch.log(num_d)) * inside
-        ctx.save_for_backward(inside, xi, s, w, h, d0, d1, *saved)
+        ladj = torch.log(s / den).mul_(2).add_(torch.log(num_d)).mul_(inside)
+        ctx.save_for_backward(inside, xi, t, s, q, w, h, d0, d1, den, num_d, *saved)
         ctx.inverse, ctx.shape, ctx.num_params, ctx.bound = inverse, shape, params_t.shape[0], bound
         return out.view(shape), ladj.view(shape)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_out, g_ladj):  # type: ignore[override]
-        inside, xi, s, w, h, d0, d1, *saved = ctx.saved_tensors
-        r, (r_xi, r_s, r_d0, r_d1), (l_xi, l_s, l_d0, l_d1) = _partials(xi, s, d0, d1)
+        inside, xi, t, s, q, w, h, d0, d1, den, num_d, *saved = ctx.saved_tensors
+        r, r_parts, l_parts = _partials(xi, t, s, q, d0, d1, 1 / den, 1 / num_d)
         g_out = g_out.reshape(-1)
         g_l = g_ladj.reshape(-1) * inside
         if ctx.inverse:
             # x = x_k + ξ w with ξ the root of y_k + h R(ξ, s, d0, d1) = y
-            lam = (g_out * w + g_l * l_xi) / (h * r_xi)
+            lam = torch.addcmul(g_out * w, g_l, l_parts[0]).div_(h * r_parts[0])
+            g = torch.addcmul(l_parts * g_l, r_parts, lam * h, value=-1)  # (ξ, s, d0, d1) rows; row 0 unused
             g_value = torch.where(inside > 0, lam, g_out)
-            g_s = g_l * l_s - lam * h * r_s
-            g_x0, g_y0 = g_out, -lam
-            g_w = g_out * xi - g_s * s / w
-            g_h = g_s / w - lam * r
-            lam_h = lam * h
-            g_d0 = g_l * l_d0 - lam_h * r_d0
-            g_d1 = g_l * l_d1 - lam_h * r_d1
+            g_s_w = g[1] / w
+            g6 = torch.stack([g_out, torch.addcmul(g_out * xi, g_s_w, s, value=-1), -lam,
+                              torch.addcmul(g_s_w, lam, r, value=-1), g[2], g[3]])
         else:
             # y = y_k + h R(ξ, s, d0, d1) with ξ = (x - x_k)/w, s = h/w
-            ghy = g_out * h
-            g_xi = ghy * r_xi + g_l * l_xi
-            g_s = ghy * r_s + g_l * l_s
-            g_xi_w = g_xi / w
-            g_value = torch.where(inside > 0, g_xi_w, g_out)
-            g_x0, g_y0 = -g_xi_w, g_out
-            g_w = -(g_xi_w * xi + g_s * s / w)
-            g_h = g_out * r + g_s / w
-            g_d0 = ghy * r_d0 + g_l * l_d0
-            g_d1 = ghy * r_d1 + g_l * l_d1
-        grads = [g * inside for g in (g_x0, g_w, g_y0, g_h, g_d0, g_d1)]
-        g_params = _bin_backward(saved, ctx.bound, *grads)
+            g = torch.addcmul(l_parts * g_l, r_parts, g_out * h)  # (ξ, s, d0, d1)
+            g_xi_s_w = g[:2] / w
+            g_value = torch.where(inside > 0, g_xi_s_w[0], g_out)
+            g6 = torch.stack([-g_xi_s_w[0], torch.addcmul(g_xi_s_w[0] * xi, g_xi_s_w[1], s).neg_(), g_out,
+                              torch.addcmul(g_xi_s_w[1], g_out, r), g[2], g[3]])
+        g_params = _bin_backward(saved, ctx.bound, g6.mul_(inside))
         return g_params.view((ctx.num_params,) + ctx.shape), g_value.view(ctx.shape), None, None
 
 
