@@ -366,3 +366,16 @@ def test_usable_in_pyro_distributions():
     t = DiagonalAffine(D, C, hidden_dims=(8,))
     cond = dist.ConditionalTransformedDistribution(base, [t]).condition(torch.randn(C))
     assert torch.isfinite(cond.log_prob(cond.sample((5,)))).all()
+
+
+def test_seeded_permutations_follow_the_default_device():
+    """Seeded permutations are drawn on the CPU (a CPU generator) and then follow the default device, so building
+    under torch.set_default_device("cuda") works; "meta" stands in for a non-CPU device here."""
+    ref = RandomPermutation(5, seed=3).perm.clone()
+    try:
+        torch.set_default_device("meta")
+        for t in (LULinear(5, seed=3), RandomPermutation(5, seed=3)):
+            assert t.perm.device.type == "meta"
+    finally:
+        torch.set_default_device("cpu")
+    assert torch.equal(RandomPermutation(5, seed=3).perm, ref)

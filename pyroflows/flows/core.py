@@ -113,8 +113,9 @@ class FlowDistribution(TorchDistribution):
     Scoring its own sample: ``rsample``/``sample`` compute the density of what they return in the same forward pass.
     When ``log_prob`` is next called with *that very tensor* (same object, not modified in place since), it returns
     this density instead of running the inverse: this is how Pyro's ``Trace_ELBO`` scores a guide sample, and it makes
-    an IAF guide cost one pass per step. The reuse is one-shot, checked by identity and version counter, and never
-    needed for correctness: any other tensor, or a second call, goes through the exact inverse.
+    an IAF guide cost one pass per step. The reuse is one-shot and only happens when nothing it depends on changed
+    (the sample's and the parameters' version counters, the grad mode); it is never needed for correctness: any other
+    tensor, a second call, or a changed parameter goes through the exact inverse.
     """
 
     arg_constraints: dict = {}
@@ -147,12 +148,26 @@ class FlowDistribution(TorchDistribution):
     # ----------------------------------------------------------------------------------------------- API
     def rsample(self, sample_shape: Sequence[int] = ()) -> Tensor:
         x, lp = self.rsample_and_log_prob(sample_shape)
-        self._own_sample = (x, x._version, lp)
+        self._own_sample = (x, x._version, lp, self._param_versions(), torch.is_grad_enabled())
         return x
 
     def sample(self, sample_shape: Sequence[int] = ()) -> Tensor:
         with torch.no_grad():
-            return self.rsample(sample_shape)
+            return self.rsample_and_log_prob(sample_shape)[0]
+
+    def _param_versions(self) -> tuple[int, ...]:
+        return tuple(p._version for p in self.flow.parameters())
+
+    def _reuse(self, value: Tensor) -> Tensor | None:
+        """The density saved by the last ``rsample`` if ``value`` is that very sample and nothing it depends on has
+        changed since (the sample, the parameters, the grad mode); consumed on use."""
+        own, self._own_sample = self._own_sample, None
+        if own is None or value is not own[0]:
+            return None
+        x, version, lp, params, grad_mode = own
+        if value._version != version or grad_mode != torch.is_grad_enabled() or params != self._param_versions():
+            return None
+        return lp
 
     def rsample_and_log_prob(self, sample_shape: Sequence[int] = ()) -> tuple[Tensor, Tensor]:
         """Draw reparameterized samples and their log-density in one forward pass."""
@@ -165,9 +180,9 @@ class FlowDistribution(TorchDistribution):
             return self.rsample_and_log_prob(sample_shape)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        own, self._own_sample = self._own_sample, None
-        if own is not None and value is own[0] and value._version == own[1]:
-            return own[2]
+        reused = self._reuse(value)
+        if reused is not None:
+            return reused
         check_input(value, self.flow.input_dim, "value", f"{type(self.flow).__name__}.log_prob: ")
         z, ladj = chain_inverse(list(self.flow.transforms), value, self.context)
         lp = self._base_log_prob(z) + ladj

@@ -123,7 +123,7 @@ def bspline_inverse(y: Tensor, params: Tensor, bound: float) -> tuple[Tensor, Te
     r = (yc - v0).clamp_min(0)
     a = 0.5 * h * (s1 - s0)
     b = h * s0
-    disc = (b * b + 4 * a * r).clamp_min(0)
+    disc = (b * b + 4 * a * r).clamp_min(torch.finfo(b.dtype).tiny)  # > 0 anyway; keeps the unused branch finite
     u = _clamp_unit(2 * r / (b + torch.sqrt(disc)))
     x_in = -bound + h * (j.to(u.dtype) + u)
     d_in = s0 + (s1 - s0) * u

@@ -186,13 +186,29 @@ def _log_deriv(xi: Tensor, s: Tensor, d0: Tensor, d1: Tensor, den: Tensor) -> Te
     return 2 * torch.log(s) + torch.log(num) - 2 * torch.log(den)
 
 
+def _stable_root(a: Tensor, b: Tensor, c: Tensor, root: Tensor) -> Tensor:
+    """The spline's root ``ξ = 2c / (b + √disc) = (√disc - b) / (2a)`` of ``a ξ² + b ξ - c = 0`` (``√disc`` given),
+    taking whichever form has no cancellation: the first for ``b ≥ 0``, the second for ``b < 0`` (where ``a`` is
+    then bounded away from zero, since the root lies in ``[0, 1]``)."""
+    pos = b >= 0
+    num = torch.where(pos, 2 * c, root - b)
+    den = torch.where(pos, root + b, 2 * a)
+    return num / torch.where(den == 0, torch.ones_like(den), den)
+
+
+def _clamp_unit(xi: Tensor) -> Tensor:
+    """``clamp(ξ, 0, 1)`` in value only: rounding can put the root a hair outside, and a hard clamp would zero its
+    gradient exactly at the knots and the bound."""
+    return xi + (xi.clamp(0, 1) - xi).detach()
+
+
 # ------------------------------------------------------------------------------------------------ reference (autograd)
 def rqs_forward_reference(x: Tensor, params: Tensor, bound: float) -> tuple[Tensor, Tensor]:
     """:func:`rqs_forward` with the rational-quadratic differentiated by autograd (any order in ``x``)."""
     xc = x.clamp(-bound, bound)
     x0, w, y0, h, d0, d1 = _bin_params(params, xc, bound, 0)
     s = h / w
-    xi = ((xc - x0) / w).clamp(0, 1)
+    xi = _clamp_unit((xc - x0) / w)
     t = xi * (1 - xi)
     den = s + (d1 + d0 - 2 * s) * t
     y = y0 + h * (s * xi * xi + d0 * t) / den + (x - xc)  # identity tails: y_in is ±bound at the ends
@@ -210,8 +226,9 @@ def rqs_inverse_reference(y: Tensor, params: Tensor, bound: float) -> tuple[Tens
     a = h * (s - d0) + dy * q
     b = h * d0 - dy * q
     c = -s * dy
-    disc = (b * b - 4 * a * c).clamp_min(0)
-    xi = ((2 * c) / (-b - torch.sqrt(disc))).clamp(0, 1)
+    # sqrt of a floor above zero keeps the gradient finite; the value-only clamp keeps dξ/dy at ξ = 1 (the bound)
+    root = torch.sqrt((b * b - 4 * a * c).clamp_min(torch.finfo(b.dtype).tiny))
+    xi = _clamp_unit(_stable_root(a, b, -c, root))
     x = x0 + xi * w + (y - yc)
     den = s + q * xi * (1 - xi)
     ladj = _log_deriv(xi, s, d0, d1, den) * (y == yc).to(y.dtype)
@@ -265,7 +282,7 @@ class _RQSpline(torch.autograd.Function):
             b = torch.mul(h, d0).sub_(dyq)
             c = s * dy  # minus the constant term of the quadratic
             root = torch.addcmul(b * b, a, c, value=4).clamp_min_(0).sqrt_()
-            xi = torch.div(c, root.add_(b)).mul_(2).clamp_(0, 1)  # the cancellation-free root 2c / (b + √disc)
+            xi = _stable_root(a, b, c, root).clamp_(0, 1)
             omx = 1 - xi
             t = xi * omx  # not ξ - ξ², which cancels near ξ = 1
             den = torch.addcmul(s, q, t)

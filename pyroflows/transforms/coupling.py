@@ -32,7 +32,7 @@ def coupling_mask(input_dim: int, mask: str | Sequence[bool | int] = "half", par
         elif mask == "random":
             g = torch.Generator().manual_seed(int(seed))
             m = torch.zeros(input_dim, dtype=torch.bool)
-            m[torch.randperm(input_dim, generator=g)[: (input_dim + 1) // 2]] = True
+            m[torch.randperm(input_dim, generator=g, device="cpu")[: (input_dim + 1) // 2].to(m.device)] = True
         else:
             raise ValueError(f"mask must be 'half', 'alternating', 'random' or a boolean list, got {mask!r}")
     else:

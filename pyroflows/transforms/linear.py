@@ -83,7 +83,9 @@ class LULinear(FlowTransform):
         super().__init__(input_dim, context_dim)
         d = self.input_dim
         gen = torch.Generator().manual_seed(int(seed))
-        perm = torch.randperm(d, generator=gen)
+        # drawn on the CPU (a seeded CPU generator gives the same permutation on every machine), then placed on the
+        # default device like every other tensor built here
+        perm = torch.randperm(d, generator=gen, device="cpu").to(torch.empty(0).device)
         self.register_buffer("perm", perm)
         self.register_buffer("inv_perm", torch.argsort(perm))
         init = {"shift": torch.zeros(d), "packed": torch.zeros(d, d), "raw_diag": torch.zeros(d)}
@@ -140,7 +142,8 @@ class Permutation(FlowTransform):
         elif kind == "reverse":
             perm = torch.arange(d - 1, -1, -1)
         elif kind == "random":
-            perm = torch.randperm(d, generator=torch.Generator().manual_seed(int(seed)))
+            gen = torch.Generator().manual_seed(int(seed))  # CPU generator: the same permutation on every machine
+            perm = torch.randperm(d, generator=gen, device="cpu").to(torch.empty(0).device)
         else:
             raise ValueError(f"unknown permutation kind {kind!r}: use 'reverse' or 'random', or pass permutation=")
         self.register_buffer("perm", perm)
