@@ -1,4 +1,4 @@
-"""The fused rational-quadratic spline kernel against its autograd reference and finite differences."""
+"""The fused rational-quadratic spline and affine kernels against autograd references and finite differences."""
 
 from __future__ import annotations
 
@@ -78,3 +78,21 @@ def test_identity_at_zero_params_and_inverse_round_trip():
     x2, ladj2 = S.rqs_inverse(y, p, 5.0)
     torch.testing.assert_close(x2, x[:, None].expand(101, 3), atol=1e-10, rtol=0)
     torch.testing.assert_close(ladj2, ladj, atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize("param_batch", [True, False])
+def test_fused_affine_gradcheck(inverse, param_batch):
+    from pyroflows.functional import affine as A
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(7, 3, generator=g, dtype=torch.float64) * 3
+    p = torch.randn(*((7, 3, 2) if param_batch else (3, 2)), generator=g, dtype=torch.float64)
+    fn = A.affine_inverse if inverse else A.affine_forward
+    assert torch.autograd.gradcheck(lambda a, b: fn(a, b), (x.requires_grad_(), p.requires_grad_()))
+    # against the closed form
+    out, ladj = fn(x, p)
+    scale = A.affine_scale(p[..., 1])
+    expected = (x - p[..., 0]) / scale if inverse else p[..., 0] + scale * x
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(ladj, torch.log(scale).expand_as(out))
