@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -14,7 +12,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from .._checks import check_context, check_input
-from ..transforms.base import FlowChain, FlowTransform, _jsonable, chain_forward, chain_inverse
+from ..transforms.base import FlowChain, FlowTransform, chain_forward, chain_inverse, record_init_arguments
 
 Tensor = torch.Tensor
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -41,21 +39,7 @@ class Flow(nn.Module):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         RECIPES[cls.__name__] = cls
-        init = cls.__dict__.get("__init__")
-        if init is None:
-            return
-        sig = inspect.signature(init)
-
-        @functools.wraps(init)
-        def recording_init(self, *args: Any, **kw: Any) -> None:
-            if "_flow_config" not in self.__dict__:
-                bound = sig.bind(self, *args, **kw)
-                bound.apply_defaults()
-                cfg = {k: _jsonable(v) for k, v in list(bound.arguments.items())[1:]}
-                self.__dict__["_flow_config"] = {"type": type(self).__name__, "kwargs": cfg}
-            init(self, *args, **kw)
-
-        cls.__init__ = recording_init
+        record_init_arguments(cls)
 
     def __init__(self, transforms: Sequence[FlowTransform], base: torch.distributions.Distribution | None = None):
         super().__init__()

@@ -107,9 +107,6 @@ class AutoregressiveTransform(FlowTransform):
             return -self._one_pass(y, y, context, forward=False)[1]
         return self._one_pass(x, x, context, forward=True)[1]
 
-    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
-        return self._log_abs_det(x, y, None)
-
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, orientation={self.orientation!r}, transformer={self.transformer!r}"
 

@@ -42,7 +42,44 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-class FlowTransform(TransformModule, ConditionalTransform):
+def record_init_arguments(cls: type) -> None:
+    """Wrap ``cls.__init__`` so that an instance remembers the arguments it was built with.
+
+    The outermost constructor call stores ``{"type": class name, "kwargs": JSON-able arguments}`` as
+    ``_flow_config`` (before ``nn.Module.__init__``, hence straight into ``__dict__``); calls to ``super().__init__``
+    leave it alone. Used by transforms and flows for saving without pickling code.
+    """
+    init = cls.__dict__.get("__init__")
+    if init is None:
+        return
+    sig = inspect.signature(init)
+
+    @functools.wraps(init)
+    def recording_init(self, *args: Any, **kw: Any) -> None:
+        if "_flow_config" not in self.__dict__:
+            bound = sig.bind(self, *args, **kw)
+            bound.apply_defaults()
+            cfg = {k: _jsonable(v) for k, v in list(bound.arguments.items())[1:]}
+            self.__dict__["_flow_config"] = {"type": type(self).__name__, "kwargs": cfg}
+        init(self, *args, **kw)
+
+    cls.__init__ = recording_init
+
+
+class _FusedTransform:
+    """The ``torch.distributions.Transform`` protocol on top of ``forward_and_log_det``/``inverse_and_log_det``."""
+
+    def _call(self, x: Tensor) -> Tensor:
+        return self.forward_and_log_det(x)[0]
+
+    def _inverse(self, y: Tensor) -> Tensor:
+        return self.inverse_and_log_det(y)[0]
+
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.forward_and_log_det(x)[1]
+
+
+class FlowTransform(_FusedTransform, TransformModule, ConditionalTransform):
     """A bijection ``y = T(x)`` on ``R^input_dim`` with learnable parameters and an optional context.
 
     Subclasses implement ``_forward_ld(x, context)`` and ``_inverse_ld(y, context)``, each returning the output
@@ -56,21 +93,7 @@ class FlowTransform(TransformModule, ConditionalTransform):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         TRANSFORMS[cls.__name__] = cls
-        init = cls.__dict__.get("__init__")
-        if init is None:
-            return
-        sig = inspect.signature(init)
-
-        @functools.wraps(init)
-        def recording_init(self, *args: Any, **kw: Any) -> None:
-            if "_flow_config" not in self.__dict__:
-                bound = sig.bind(self, *args, **kw)
-                bound.apply_defaults()
-                cfg = {k: _jsonable(v) for k, v in list(bound.arguments.items())[1:]}
-                self.__dict__["_flow_config"] = {"type": type(self).__name__, "kwargs": cfg}
-            init(self, *args, **kw)
-
-        cls.__init__ = recording_init
+        record_init_arguments(cls)
 
     def __init__(self, input_dim: int, context_dim: int = 0) -> None:
         super().__init__(cache_size=0)
@@ -108,15 +131,12 @@ class FlowTransform(TransformModule, ConditionalTransform):
         check_context(context, self.context_dim, f"{type(self).__name__}.condition: ")
         return ConditionedTransform(self, context)
 
-    # ----------------------------------------------------------------- torch.distributions.Transform protocol
-    def _call(self, x: Tensor) -> Tensor:
-        return self.forward_and_log_det(x)[0]
-
-    def _inverse(self, y: Tensor) -> Tensor:
-        return self.inverse_and_log_det(y)[0]
+    def _log_abs_det(self, x: Tensor, y: Tensor, context: Tensor | None) -> Tensor:
+        """``log|det ∂y/∂x|`` given both sides; subclasses override it when one side is cheaper to read it from."""
+        return self.forward_and_log_det(x, context)[1]
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
-        return self.forward_and_log_det(x)[1]
+        return self._log_abs_det(x, y, None)
 
     def config(self) -> dict:
         """JSON-able description from which :func:`pyroflows.transforms.from_config` rebuilds this transform."""
@@ -131,7 +151,7 @@ class FlowTransform(TransformModule, ConditionalTransform):
         return f"input_dim={self.input_dim}, context_dim={self.context_dim}"
 
 
-class ConditionedTransform(Transform):
+class ConditionedTransform(_FusedTransform, Transform):
     """A :class:`FlowTransform` with a fixed context, as a plain (stateless) torch ``Transform``."""
 
     domain = constraints.real_vector
@@ -149,12 +169,6 @@ class ConditionedTransform(Transform):
     def inverse_and_log_det(self, y: Tensor) -> tuple[Tensor, Tensor]:
         return self.base.inverse_and_log_det(y, self.context)
 
-    def _call(self, x: Tensor) -> Tensor:
-        return self.forward_and_log_det(x)[0]
-
-    def _inverse(self, y: Tensor) -> Tensor:
-        return self.inverse_and_log_det(y)[0]
-
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
         return self.base._log_abs_det(x, y, self.context)
 
@@ -162,14 +176,7 @@ class ConditionedTransform(Transform):
         return f"ConditionedTransform({type(self.base).__name__})"
 
 
-def _default_log_abs_det(self: FlowTransform, x: Tensor, y: Tensor, context: Tensor | None) -> Tensor:
-    return self.forward_and_log_det(x, context)[1]
-
-
-FlowTransform._log_abs_det = _default_log_abs_det  # type: ignore[attr-defined]
-
-
-class FlowChain(Transform):
+class FlowChain(_FusedTransform, Transform):
     """A sequence of flow transforms with one context, applied left to right: ``T = T_n ∘ … ∘ T_1``.
 
     What ``Flow.transform(context)`` returns. Validates its input once and runs the fused passes of its parts.
@@ -193,15 +200,6 @@ class FlowChain(Transform):
     def inverse_and_log_det(self, y: Tensor) -> tuple[Tensor, Tensor]:
         check_input(y, self.input_dim, "y", "Flow.transform: ")
         return chain_inverse(self.parts, y, self.context)
-
-    def _call(self, x: Tensor) -> Tensor:
-        return self.forward_and_log_det(x)[0]
-
-    def _inverse(self, y: Tensor) -> Tensor:
-        return self.inverse_and_log_det(y)[0]
-
-    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
-        return self.forward_and_log_det(x)[1]
 
 
 def chain_forward(parts: list[FlowTransform], x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
