@@ -13,16 +13,20 @@ with ``c`` chosen so that all-zero raw parameters give the identity. In bin ``k`
 
     y = y_k + h_k (s ξ² + d_k ξ(1-ξ)) / (s + (d_{k+1} + d_k - 2s) ξ(1-ξ))
 
-and the inverse is the root of a quadratic in ``ξ``, taken in the cancellation-free form ``2c / (-b - √(b² - 4ac))``.
+and the inverse is the root of a quadratic in ``ξ``, taken on either sign of its linear coefficient in the form that
+does not cancel (:func:`_stable_root`).
 
-Speed: the parameters of the selected bin are computed by :class:`_BinParams`, an autograd function whose backward
-maps the six per-element gradients straight back to the raw parameters (a few ops on ``(..., K)`` tensors) instead of
-differentiating through softmax, cumsum and gather. The rational-quadratic itself is plain autograd on per-element
-tensors, so gradients with respect to the input are exact autograd. Second derivatives with respect to the spline
-*parameters* are not supported (first derivatives, and any order with respect to the input, are).
+Speed (see ``benchmarks/RESULTS.md``): :class:`_RQSpline` runs the whole spline as one autograd node with analytic
+gradients (the inverse's through the implicit function ``y_k + h R(ξ) = y``), and computes the parameters of the
+selected bin on a bins-first ``(P, N)`` layout, which conditioners produce for free (``nn.mlp.params_view``), so
+every op runs over a long contiguous axis. ``rqs_forward_reference``/``rqs_inverse_reference`` are the same maps with
+the rational-quadratic left to autograd: the tests check the fused kernel against them, and
+:func:`use_fused_kernel` switches to them where second derivatives in the input are needed. Second derivatives with
+respect to the spline *parameters* are not supported by either.
 
-Numerics: inputs are clamped into the bound before any division, square root or logarithm, and the identity tails are
-added back without ``where``; values and gradients stay finite for inputs far outside the bound.
+Numerics: inputs are clamped into the bound before any division, square root or logarithm, the identity tails are
+added back without ``where`` (and after the in-bound part, so they add exactly zero inside), and the root is clamped
+to ``[0, 1]`` in value only; values and gradients stay finite for inputs far outside the bound.
 """
 
 from __future__ import annotations
@@ -36,8 +40,8 @@ from torch.autograd.function import once_differentiable
 
 Tensor = torch.Tensor
 
+#: floor on each bin's width and height, as a fraction of the interval (widths and heights are computed together)
 MIN_BIN_WIDTH = 1e-3
-MIN_BIN_HEIGHT = 1e-3
 MIN_DERIVATIVE = 1e-3
 # softplus(0 + _DERIV_SHIFT) + MIN_DERIVATIVE == 1: raw zeros are the identity.
 _DERIV_SHIFT = math.log(math.expm1(1.0 - MIN_DERIVATIVE))

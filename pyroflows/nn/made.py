@@ -154,7 +154,7 @@ class _MaskedUnpack(torch.autograd.Function):
         parts = flat.split(sizes)
         out = []
         for i, (part, sh) in enumerate(zip(parts, shapes)):
-            out.append(part.view(sh) * masks[i // 2] if i % 2 == 0 else part.clone())
+            out.append(part.view(sh) * masks[i // 2] if i % 2 == 0 else part.view(sh))
         ctx.save_for_backward(*masks)
         ctx.sizes = sizes
         return tuple(out)
