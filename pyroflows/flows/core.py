@@ -114,7 +114,7 @@ class FlowDistribution(TorchDistribution):
         if context is not None and batch_shape != ctx_batch:
             context = context.expand(batch_shape + context.shape[-1:])
         self.context = context
-        self._own_sample: tuple[Tensor, int, Tensor] | None = None
+        self._own_sample: tuple | None = None  # (sample, its version, log_prob, parameter versions, grad mode)
         super().__init__(batch_shape, torch.Size([flow.input_dim]), validate_args=False)
 
     # ----------------------------------------------------------------------------------------------- base density
