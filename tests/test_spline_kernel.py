@@ -1,4 +1,4 @@
-"""The fused rational-quadratic spline and affine kernels against autograd references and finite differences."""
+"""Fused spline kernel vs its autograd reference and finite differences; affine kernels vs finite differences."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def test_identity_at_zero_params_and_inverse_round_trip():
 
 @pytest.mark.parametrize("inverse", [False, True])
 @pytest.mark.parametrize("param_batch", [True, False])
-def test_fused_affine_gradcheck(inverse, param_batch):
+def test_affine_gradcheck_and_closed_form(inverse, param_batch):
     from pyroflows.functional import affine as A
 
     g = torch.Generator().manual_seed(3)

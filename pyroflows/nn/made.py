@@ -11,13 +11,11 @@ order, its sizes and its weights; the masks are buffers and travel with ``.to(de
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from .mlp import OUTPUT_INIT, get_activation, params_view
 
@@ -99,6 +97,7 @@ class MADE(nn.Module):
             self.register_buffer(f"mask{i}", m, persistent=False)
         self.num_layers = len(masks)
         self._shapes = [tuple(t.shape) for t in tensors]
+        self._sizes = [t.numel() for t in tensors]
         #: all weights and biases in one tensor, layout [W_1, b_1, ..., W_L, b_L] (row-major): one optimizer update
         #: per MADE instead of 2L (optimizers without foreach, the CPU default, loop over tensors)
         self.flat = nn.Parameter(torch.cat([t.reshape(-1) for t in tensors]))
@@ -113,9 +112,9 @@ class MADE(nn.Module):
 
     def layers(self) -> list[tuple[Tensor, Tensor]]:
         """``[(W_1 ⊙ M_1, b_1), ..., (W_L ⊙ M_L, b_L)]``: the masked weights and biases, differentiable."""
-        masks = [getattr(self, f"mask{i}") for i in range(self.num_layers)]
-        out = _MaskedUnpack.apply(self.flat, self._shapes, *masks)
-        return list(zip(out[0::2], out[1::2]))
+        parts = self.flat.split(self._sizes)
+        return [(parts[2 * i].view(self._shapes[2 * i]) * getattr(self, f"mask{i}"),
+                 parts[2 * i + 1].view(self._shapes[2 * i + 1])) for i in range(self.num_layers)]
 
     def hidden(self, x: Tensor, context: Tensor | None = None, layers: list | None = None) -> Tensor:
         """Last hidden activation (before the output layer)."""
@@ -140,33 +139,3 @@ class MADE(nn.Module):
         layers = self.layers()
         return self.output(self.hidden(x, context, layers), layers=layers)
 
-
-class _MaskedUnpack(torch.autograd.Function):
-    """Split a flat parameter into ``(W_1 ⊙ M_1, b_1, ..., W_L ⊙ M_L, b_L)`` in one autograd node.
-
-    Backward masks the weight gradients and concatenates everything back into the flat layout (one ``cat``), instead
-    of one slice/view/mul node per tensor.
-    """
-
-    @staticmethod
-    def forward(ctx, flat: Tensor, shapes: list, *masks: Tensor):  # type: ignore[override]
-        sizes = [math.prod(sh) for sh in shapes]
-        parts = flat.split(sizes)
-        out = []
-        for i, (part, sh) in enumerate(zip(parts, shapes)):
-            out.append(part.view(sh) * masks[i // 2] if i % 2 == 0 else part.view(sh))
-        ctx.save_for_backward(*masks)
-        ctx.sizes = sizes
-        return tuple(out)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, *grads: Tensor):  # type: ignore[override]
-        masks = ctx.saved_tensors
-        flat = []
-        for i, (g, size) in enumerate(zip(grads, ctx.sizes)):
-            if g is None:
-                flat.append(masks[0].new_zeros(size))
-            else:
-                flat.append((g * masks[i // 2]).reshape(-1) if i % 2 == 0 else g.reshape(-1))
-        return (torch.cat(flat), None) + (None,) * len(masks)
