@@ -17,7 +17,7 @@ venv: $(PY)
 
 install: $(PY)
 	$(PIP) install --quiet -c $(CONSTRAINTS) torch==2.13.0
-	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[pyro,examples,test]"
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[pyro,numpyro,examples,test]"
 
 demo: install
 	$(PY) examples/quickstart.py
