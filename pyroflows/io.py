@@ -77,5 +77,5 @@ def import_params(flow: Flow, params: dict[str, np.ndarray]) -> Flow:
     unexpected = sorted(set(params) - set(current))
     if missing or unexpected:
         raise ValueError(f"parameter names do not match this flow: missing {missing}, unexpected {unexpected}")
-    flow.load_state_dict({k: torch.as_tensor(np.asarray(v)).to(current[k]) for k, v in params.items()})
+    flow.load_state_dict({k: torch.as_tensor(np.array(v)).to(current[k]) for k, v in params.items()})
     return flow

@@ -1,0 +1,157 @@
+"""``Flow``: a standard normal pushed through a stack of transforms, and the NumPyro distribution it returns.
+
+Mirrors :mod:`pyroflows.flows.core`. A flow is a JAX pytree whose leaves are its parameters; ``flow.params`` is a flat
+dict keyed like pyroflows' ``state_dict`` (``"transforms.0.made.flat"``, ...), ``flow.with_params(p)`` returns the same
+flow with other values, and :func:`numpyroflows.module` registers the parameters with NumPyro (``numpyro.param``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpyro.distributions as dist
+from numpyro.distributions import constraints
+
+from .._checks import check_context, check_input
+from ..transforms.base import FlowChain, FlowTransform, chain_forward, chain_inverse, record_init_arguments
+
+Array = jax.Array
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+#: name -> Flow subclass (the recipes), for rebuilding saved flows.
+RECIPES: dict[str, type] = {}
+
+
+@jax.tree_util.register_pytree_node_class
+class Flow:
+    """A normalizing flow ``x = T(z)``, ``z ~ N(0, I)``; calling it returns a NumPyro distribution.
+
+    Example:
+        >>> flow = NSF(input_dim=2, key=jax.random.PRNGKey(0))
+        >>> d = flow()                                  # with context_dim > 0: flow(context)
+        >>> x = d.sample(jax.random.PRNGKey(1), (100,)); lp = d.log_prob(x)
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        RECIPES[cls.__name__] = cls
+        record_init_arguments(cls)
+        jax.tree_util.register_pytree_node_class(cls)
+
+    def __init__(self, transforms: Sequence[FlowTransform]) -> None:
+        transforms = tuple(transforms)
+        if not transforms:
+            raise ValueError("a Flow needs at least one transform")
+        for t in transforms:
+            if not isinstance(t, FlowTransform):
+                raise TypeError(
+                    f"Flow takes numpyroflows transforms (FlowTransform subclasses), got {type(t).__name__}")
+        dims = {t.input_dim for t in transforms}
+        if len(dims) != 1:
+            raise ValueError(f"all transforms must share one input_dim, got {sorted(dims)}")
+        ctx = {t.context_dim for t in transforms if t.context_dim}
+        if len(ctx) > 1:
+            raise ValueError(f"all conditional transforms must share one context_dim, got {sorted(ctx)}")
+        self.transforms = transforms
+        self.input_dim = dims.pop()
+        self.context_dim = ctx.pop() if ctx else 0
+
+    # -------------------------------------------------------------------------------------------------------------
+    def __call__(self, context: Array | None = None) -> FlowDistribution:
+        """The flow's distribution (conditioned on ``context`` of shape ``(..., context_dim)`` if it takes one)."""
+        check_context(context, self.context_dim, f"{type(self).__name__}: ")
+        return FlowDistribution(self, context)
+
+    def transform(self, context: Array | None = None) -> FlowChain:
+        """The bijection ``T`` (base to data) as a NumPyro ``Transform``; ``T.inv`` is exact on fresh data."""
+        return FlowChain(self.transforms, self.input_dim, self.context_dim, context)
+
+    @property
+    def params(self) -> dict[str, Array]:
+        """All parameters, keyed as in pyroflows' ``state_dict``."""
+        return {f"transforms.{i}.{k}": v for i, t in enumerate(self.transforms) for k, v in t.params.items()}
+
+    def with_params(self, params: dict[str, Array]) -> Flow:
+        """The same flow with other parameter values (names as in :attr:`params`)."""
+        expected = set(self.params)
+        missing, unexpected = sorted(expected - set(params)), sorted(set(params) - expected)
+        if missing or unexpected:
+            raise ValueError(f"parameter names do not match this flow: missing {missing}, unexpected {unexpected}")
+        parts = [t.with_params({k: params[f"transforms.{i}.{k}"] for k in t.params})
+                 for i, t in enumerate(self.transforms)]
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.transforms = tuple(parts)
+        return new
+
+    def config(self) -> dict:
+        """JSON-able configuration from which :func:`numpyroflows.load` rebuilds the flow."""
+        if "_flow_config" in self.__dict__:
+            return json.loads(self.__dict__["_flow_config"])
+        return {"type": "Flow", "transforms": [t.config() for t in self.transforms]}
+
+    # pytree: the transforms are the children, the rest is static
+    def tree_flatten(self):
+        static = tuple(sorted((k, v) for k, v in self.__dict__.items() if k != "transforms"))
+        return (self.transforms,), static
+
+    @classmethod
+    def tree_unflatten(cls, static, children):
+        new = object.__new__(cls)
+        new.__dict__.update(dict(static))
+        new.transforms = children[0]
+        return new
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(input_dim={self.input_dim}, context_dim={self.context_dim}, " \
+               f"transforms={len(self.transforms)})"
+
+
+class FlowDistribution(dist.Distribution):
+    """The distribution of a :class:`Flow` (optionally conditioned on a context), a NumPyro ``Distribution``.
+
+    ``batch_shape`` is the context's batch shape (or ``()``), ``event_shape`` is ``(input_dim,)``. ``sample`` is
+    reparameterized (the forward pass), ``log_prob`` runs the inverse pass, ``sample_and_log_prob`` draws and scores in
+    one forward pass.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    reparametrized_params: list = []
+
+    def __init__(self, flow: Flow, context: Array | None = None, *, validate_args: bool | None = None) -> None:
+        self.flow = flow
+        self.context = context
+        batch = jnp.shape(context)[:-1] if context is not None else ()
+        super().__init__(batch_shape=batch, event_shape=(flow.input_dim,), validate_args=False)
+
+    def _base_sample(self, key: Array, sample_shape: tuple) -> Array:
+        return jax.random.normal(key, tuple(sample_shape) + self.batch_shape + self.event_shape)
+
+    def sample_and_log_prob(self, key: Array, sample_shape: tuple = ()) -> tuple[Array, Array]:
+        """Reparameterized samples and their log-density in one forward pass."""
+        z = self._base_sample(key, sample_shape)
+        x, ladj = chain_forward(self.flow.transforms, z, self.context)
+        return x, -0.5 * jnp.sum(z * z, -1) - self.flow.input_dim * _HALF_LOG_2PI - ladj
+
+    def sample(self, key: Array, sample_shape: tuple = ()) -> Array:
+        z = self._base_sample(key, sample_shape)
+        return chain_forward(self.flow.transforms, z, self.context)[0]
+
+    def log_prob(self, value: Array) -> Array:
+        check_input(value, self.flow.input_dim, "value", f"{type(self.flow).__name__}.log_prob: ")
+        z, ladj = chain_inverse(self.flow.transforms, value, self.context)
+        lp = -0.5 * jnp.sum(z * z, -1) - self.flow.input_dim * _HALF_LOG_2PI + ladj
+        return jnp.broadcast_to(lp, jnp.broadcast_shapes(lp.shape, self.batch_shape))
+
+    def tree_flatten(self):
+        return (self.flow, self.context), None
+
+    @classmethod
+    def tree_unflatten(cls, aux_data, params):
+        return cls(*params)

@@ -1,0 +1,59 @@
+"""Elementwise affine and additive transformers, in JAX (mirrors :mod:`pyroflows.functional.affine`).
+
+Affine: ``y = shift + scale * x`` with ``scale = MIN_SCALE + softplus(raw + c)``, where ``c`` is chosen so that
+``raw = 0`` gives ``scale = 1``. The softplus grows linearly (not exponentially) in the raw parameter, which keeps deep
+stacks stable; the floor keeps the inverse finite. Raw layout on the last axis: ``[shift, raw_scale]``.
+Additive (NICE, Dinh et al. 2014): ``y = x + shift``, raw layout ``[shift]``, log-det 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+MIN_SCALE = 1e-3
+_SCALE_SHIFT = math.log(math.expm1(1.0 - MIN_SCALE))
+_SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus returns its input above this
+
+
+def _softplus(u: Array) -> Array:
+    """``log(1 + e^u)``, and ``u`` itself above 20, exactly as ``torch.nn.functional.softplus`` (where-safe)."""
+    big = u > _SOFTPLUS_THRESHOLD
+    return jnp.where(big, u, jnp.log1p(jnp.exp(jnp.where(big, 0.0, u))))
+
+
+def affine_scale(raw_scale: Array) -> Array:
+    """Positive scale ``MIN_SCALE + softplus(raw + c)`` from its raw parameter (``raw = 0`` gives 1); mirrors
+    :func:`pyroflows.functional.affine.affine_scale`."""
+    return MIN_SCALE + _softplus(raw_scale + _SCALE_SHIFT)
+
+
+def affine_forward(x: Array, params: Array) -> tuple[Array, Array]:
+    """``y = shift + scale·x`` and ``log scale`` (broadcast to ``y``); mirrors the torch ``affine_forward``."""
+    scale = affine_scale(params[..., 1])
+    y = params[..., 0] + scale * x
+    return y, jnp.broadcast_to(jnp.log(scale), y.shape)
+
+
+def affine_inverse(y: Array, params: Array) -> tuple[Array, Array]:
+    """``x = (y - shift)/scale`` and ``log scale`` (the *forward* log-derivative, broadcast to ``x``); mirrors the
+    torch ``affine_inverse``."""
+    scale = affine_scale(params[..., 1])
+    x = (y - params[..., 0]) / scale
+    return x, jnp.broadcast_to(jnp.log(scale), x.shape)
+
+
+def additive_forward(x: Array, params: Array) -> tuple[Array, Array]:
+    """NICE coupling ``y = x + shift`` and a zero log-derivative (Dinh et al. 2014); mirrors the torch one."""
+    y = x + params[..., 0]
+    return y, jnp.zeros_like(y)
+
+
+def additive_inverse(y: Array, params: Array) -> tuple[Array, Array]:
+    """``x = y - shift`` and a zero log-derivative; mirrors the torch ``additive_inverse``."""
+    x = y - params[..., 0]
+    return x, jnp.zeros_like(x)

@@ -1,0 +1,7 @@
+"""Conditioners in JAX: MADE and MLPs with context inputs, with pyroflows' parameter layout."""
+
+from .made import input_degrees, made_apply, made_hidden, made_init, made_masks, made_output
+from .mlp import ACTIVATIONS, get_activation, linear_init, params_view
+
+__all__ = ["ACTIVATIONS", "get_activation", "input_degrees", "linear_init", "made_apply", "made_hidden", "made_init",
+           "made_masks", "made_output", "params_view"]

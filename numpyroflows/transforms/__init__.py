@@ -1,0 +1,10 @@
+"""Bijections with parameters in JAX: NumPyro ``Transform`` pytrees with ``forward_and_log_det``,
+``inverse_and_log_det`` (exact on fresh data) and ``condition(context)``."""
+
+from .autoregressive import AutoregressiveTransform, InverseAutoregressiveTransform, MaskedAutoregressiveTransform
+from .base import TRANSFORMS, ConditionedTransform, FlowChain, FlowTransform, from_config
+from .transformers import TRANSFORMERS, Additive, Affine, RQSpline, Transformer, make_transformer
+
+__all__ = ["TRANSFORMERS", "TRANSFORMS", "Additive", "Affine", "AutoregressiveTransform", "ConditionedTransform",
+           "FlowChain", "FlowTransform", "InverseAutoregressiveTransform", "MaskedAutoregressiveTransform",
+           "RQSpline", "Transformer", "from_config", "make_transformer"]

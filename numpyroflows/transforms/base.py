@@ -1,0 +1,264 @@
+"""The base class of every numpyroflows bijection: a NumPyro ``Transform`` that is a JAX pytree of its parameters.
+
+Mirrors :mod:`pyroflows.transforms.base` (same conventions):
+
+* ``y = T(x)`` on vectors of size ``input_dim`` (``event_dim = 1``); ``forward_and_log_det(x, context)`` returns
+  ``(y, log|det ∂y/∂x|)`` and ``inverse_and_log_det(y, context)`` returns ``(x, log|det ∂x/∂y|)``, both exact for fresh
+  inputs.
+* Parameters live in ``params``, a dict keyed by the names pyroflows' ``state_dict`` uses (``"made.flat"``, ...), so
+  that parameters move between the packages name for name. Everything else is static configuration: a transform is a
+  pytree whose leaves are exactly its parameters, and passes through ``jax.jit``/``vmap``/``grad``.
+* ``T.condition(context)`` binds a context (a plain NumPyro ``Transform``, also a pytree).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from numpyro.distributions import constraints
+from numpyro.distributions.transforms import Transform
+
+from .._checks import check_context, check_input
+
+Array = jax.Array
+
+#: name -> class of every transform, for rebuilding flows from their saved configuration.
+TRANSFORMS: dict[str, type] = {}
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "spec"):
+        return {"__transformer__": value.spec()}
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+def _freeze(value: Any) -> Any:
+    """Hashable form of static configuration (lists -> tuples), so pytree structures compare and hash."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    return value
+
+
+def record_init_arguments(cls: type) -> None:
+    """Wrap ``cls.__init__`` so that an instance remembers (as JSON) the arguments it was built with; the PRNG
+    ``key`` is not configuration and is left out (see :func:`pyroflows.transforms.base.record_init_arguments`)."""
+    init = cls.__dict__.get("__init__")
+    if init is None:
+        return
+    sig = inspect.signature(init)
+
+    @functools.wraps(init)
+    def recording_init(self, *args: Any, **kw: Any) -> None:
+        if "_flow_config" not in self.__dict__:
+            bound = sig.bind(self, *args, **kw)
+            bound.apply_defaults()
+            cfg = {k: _jsonable(v) for k, v in list(bound.arguments.items())[1:] if k != "key"}
+            self.__dict__["_flow_config"] = json.dumps({"type": type(self).__name__, "kwargs": cfg})
+        init(self, *args, **kw)
+
+    cls.__init__ = recording_init
+
+
+def default_key(key: Array | None) -> Array:
+    """The PRNG key to initialise parameters with (``PRNGKey(0)`` when none is given, for reproducibility)."""
+    return jax.random.PRNGKey(0) if key is None else key
+
+
+class _FusedTransform(Transform):
+    """NumPyro's ``Transform`` protocol on top of ``forward_and_log_det``/``inverse_and_log_det``."""
+
+    @property
+    def domain(self):
+        return constraints.real_vector
+
+    @property
+    def codomain(self):
+        return constraints.real_vector
+
+    def __call__(self, x: Array) -> Array:
+        return self.forward_and_log_det(x)[0]
+
+    def _inverse(self, y: Array) -> Array:
+        return self.inverse_and_log_det(y)[0]
+
+    def log_abs_det_jacobian(self, x: Array, y: Array, intermediates: Any = None) -> Array:
+        return self.forward_and_log_det(x)[1]
+
+
+class FlowTransform(_FusedTransform):
+    """A bijection ``y = T(x)`` on ``R^input_dim`` with parameters ``params`` and an optional context.
+
+    Subclasses set ``self.params`` and implement ``_forward_ld(params, x, context)`` and
+    ``_inverse_ld(params, y, context)`` (pure functions of the parameter dict), each returning the output and the
+    log-determinant of the map it computes, summed over the last axis.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)  # NumPyro registers the class as a pytree
+        TRANSFORMS[cls.__name__] = cls
+        record_init_arguments(cls)
+
+    def __init__(self, input_dim: int, context_dim: int = 0) -> None:
+        if int(input_dim) < 1:
+            raise ValueError(f"input_dim must be a positive integer, got {input_dim}")
+        if int(context_dim) < 0:
+            raise ValueError(f"context_dim must be >= 0, got {context_dim}")
+        self.input_dim = int(input_dim)
+        self.context_dim = int(context_dim)
+        self.params: dict[str, Array] = {}
+
+    # ----------------------------------------------------------------- to implement
+    def _forward_ld(self, params: dict, x: Array, context: Array | None) -> tuple[Array, Array]:
+        raise NotImplementedError
+
+    def _inverse_ld(self, params: dict, y: Array, context: Array | None) -> tuple[Array, Array]:
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- public API
+    def forward_and_log_det(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
+        """``(T(x), log|det ∂T/∂x|)`` in one pass."""
+        name = type(self).__name__
+        check_input(x, self.input_dim, "x", f"{name}: ")
+        check_context(context, self.context_dim, f"{name}: ")
+        return self._forward_ld(self.params, x, context)
+
+    def inverse_and_log_det(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
+        """``(T⁻¹(y), log|det ∂T⁻¹/∂y|)`` in one pass; exact for any ``y``."""
+        name = type(self).__name__
+        check_input(y, self.input_dim, "y", f"{name}: ")
+        check_context(context, self.context_dim, f"{name}: ")
+        return self._inverse_ld(self.params, y, context)
+
+    def condition(self, context: Array) -> ConditionedTransform:
+        """This transform with its context fixed: a plain NumPyro ``Transform``."""
+        check_context(context, self.context_dim, f"{type(self).__name__}.condition: ")
+        return ConditionedTransform(self, context)
+
+    def with_params(self, params: dict[str, Array]) -> FlowTransform:
+        """A copy of this transform with other parameter values (same names and shapes)."""
+        missing, unexpected = set(self.params) - set(params), set(params) - set(self.params)
+        if missing or unexpected:
+            raise ValueError(f"parameter names do not match {type(self).__name__}: missing {sorted(missing)}, "
+                             f"unexpected {sorted(unexpected)}")
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.params = {k: jnp.asarray(params[k]) for k in self.params}
+        return new
+
+    def config(self) -> dict:
+        """JSON-able description from which :func:`numpyroflows.transforms.from_config` rebuilds this transform."""
+        return json.loads(self.__dict__["_flow_config"])
+
+    # ----------------------------------------------------------------- pytree protocol
+    def tree_flatten(self):
+        keys = tuple(sorted(self.params))
+        static = tuple(sorted((k, _freeze(v)) for k, v in self.__dict__.items() if k not in ("params", "_inv")))
+        return tuple(self.params[k] for k in keys), (keys, static)
+
+    @classmethod
+    def tree_unflatten(cls, aux_data, leaves):
+        keys, static = aux_data
+        new = object.__new__(cls)
+        new.__dict__.update(dict(static))
+        new.params = dict(zip(keys, leaves))
+        return new
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(input_dim={self.input_dim}, context_dim={self.context_dim})"
+
+
+class ConditionedTransform(_FusedTransform):
+    """A :class:`FlowTransform` with a fixed context, as a plain NumPyro ``Transform`` (a pytree)."""
+
+    def __init__(self, base: FlowTransform, context: Array | None) -> None:
+        self.base = base
+        self.context = context
+
+    def forward_and_log_det(self, x: Array) -> tuple[Array, Array]:
+        return self.base.forward_and_log_det(x, self.context)
+
+    def inverse_and_log_det(self, y: Array) -> tuple[Array, Array]:
+        return self.base.inverse_and_log_det(y, self.context)
+
+    def tree_flatten(self):
+        return (self.base, self.context), None
+
+    @classmethod
+    def tree_unflatten(cls, aux_data, leaves):
+        return cls(*leaves)
+
+
+class FlowChain(_FusedTransform):
+    """A sequence of flow transforms with one context, applied left to right (what ``Flow.transform`` returns)."""
+
+    def __init__(self, parts: tuple[FlowTransform, ...], input_dim: int, context_dim: int,
+                 context: Array | None) -> None:
+        check_context(context, context_dim, "Flow.transform: ")
+        self.parts, self.input_dim, self.context_dim, self.context = tuple(parts), input_dim, context_dim, context
+
+    def forward_and_log_det(self, x: Array) -> tuple[Array, Array]:
+        check_input(x, self.input_dim, "x", "Flow.transform: ")
+        return chain_forward(self.parts, x, self.context)
+
+    def inverse_and_log_det(self, y: Array) -> tuple[Array, Array]:
+        check_input(y, self.input_dim, "y", "Flow.transform: ")
+        return chain_inverse(self.parts, y, self.context)
+
+    def tree_flatten(self):
+        return (self.parts, self.context), (self.input_dim, self.context_dim)
+
+    @classmethod
+    def tree_unflatten(cls, aux_data, leaves):
+        new = object.__new__(cls)
+        new.parts, new.context = leaves
+        new.input_dim, new.context_dim = aux_data
+        return new
+
+
+def chain_forward(parts, x: Array, context: Array | None) -> tuple[Array, Array]:
+    """Unchecked fused forward pass through ``parts``."""
+    total = jnp.zeros(x.shape[:-1], x.dtype)
+    for t in parts:
+        x, ld = t._forward_ld(t.params, x, context if t.context_dim else None)
+        total = total + ld
+    return x, total
+
+
+def chain_inverse(parts, y: Array, context: Array | None) -> tuple[Array, Array]:
+    """Unchecked fused inverse pass through ``parts`` (last to first)."""
+    total = jnp.zeros(y.shape[:-1], y.dtype)
+    for t in reversed(parts):
+        y, ld = t._inverse_ld(t.params, y, context if t.context_dim else None)
+        total = total + ld
+    return y, total
+
+
+def from_config(config: dict, key: Array | None = None) -> FlowTransform:
+    """Rebuild a transform (fresh parameters from ``key``) from :meth:`FlowTransform.config`."""
+    from .transformers import make_transformer
+
+    def revive(v: Any) -> Any:
+        if isinstance(v, dict) and "__transformer__" in v:
+            return make_transformer(v["__transformer__"])
+        if isinstance(v, list):
+            return [revive(a) for a in v]
+        return v
+
+    try:
+        cls = TRANSFORMS[config["type"]]
+    except KeyError:
+        raise ValueError(f"unknown transform type {config.get('type')!r} in saved configuration") from None
+    return cls(**{k: revive(v) for k, v in config["kwargs"].items()}, key=key)
