@@ -37,3 +37,60 @@ def linear_init(key: Array, in_features: int, out_features: int, dtype=jnp.float
 def params_view(out: Array, num_params: int, num_dims: int) -> Array:
     """``(..., P·D)`` parameter-major network output -> ``(..., D, P)`` per-dimension parameters."""
     return jnp.swapaxes(out.reshape(out.shape[:-1] + (num_params, num_dims)), -1, -2)
+
+
+def mlp_init(key: Array, in_features: int, out_features: int, hidden_dims=(64, 64), context_dim: int = 0,
+             output_bias: Array | None = None, dtype=jnp.float32) -> dict[str, Array]:
+    """Parameters of :class:`pyroflows.nn.MLP` under the same names: ``input_layer.*`` (when ``in_features > 0``),
+    ``context_layer.weight`` (and ``.bias`` for a context-only network), ``layers.{i}.*``. With ``output_bias`` the
+    output layer starts at that bias with weights uniform in ``±OUTPUT_INIT``."""
+    if in_features == 0 and context_dim == 0:
+        raise ValueError("MLP needs in_features > 0 or context_dim > 0")
+    hidden_dims = tuple(int(h) for h in hidden_dims)
+    widths = (hidden_dims[0] if hidden_dims else out_features,) + hidden_dims[1:] + (
+        (out_features,) if hidden_dims else ())
+    keys = jax.random.split(key, len(widths) + 2)
+    p: dict[str, Array] = {}
+    if in_features > 0:
+        p["input_layer.weight"], p["input_layer.bias"] = linear_init(keys[0], in_features, widths[0], dtype)
+    if context_dim > 0:
+        w, b = linear_init(keys[1], context_dim, widths[0], dtype)
+        p["context_layer.weight"] = w
+        if in_features == 0:
+            p["context_layer.bias"] = b
+    for i, (a, b_) in enumerate(zip(widths[:-1], widths[1:])):
+        p[f"layers.{i}.weight"], p[f"layers.{i}.bias"] = linear_init(keys[i + 2], a, b_, dtype)
+    if output_bias is not None:
+        if hidden_dims:
+            last = f"layers.{len(widths) - 2}"
+        else:
+            last = "input_layer" if in_features > 0 else "context_layer"
+        if f"{last}.bias" not in p:
+            raise ValueError("output_bias needs a biased output layer")
+        p[f"{last}.weight"] = jax.random.uniform(keys[-1], p[f"{last}.weight"].shape, dtype, -OUTPUT_INIT,
+                                                 OUTPUT_INIT)
+        p[f"{last}.bias"] = jnp.asarray(output_bias, dtype)
+        if not hidden_dims and in_features > 0 and context_dim > 0:
+            p["context_layer.weight"] = jax.random.uniform(keys[1], p["context_layer.weight"].shape, dtype,
+                                                           -OUTPUT_INIT, OUTPUT_INIT)
+    return p
+
+
+def mlp_apply(params: dict[str, Array], x: Array | None = None, context: Array | None = None,
+              activation: str = "relu") -> Array:
+    """The MLP of :func:`mlp_init` (same computation as :class:`pyroflows.nn.MLP`); the context broadcasts against
+    the batch shape of ``x``."""
+    act = get_activation(activation)
+    h = None
+    if "input_layer.weight" in params:
+        h = x @ params["input_layer.weight"].T + params["input_layer.bias"]
+    if "context_layer.weight" in params:
+        hc = context @ params["context_layer.weight"].T
+        if "context_layer.bias" in params:
+            hc = hc + params["context_layer.bias"]
+        h = hc if h is None else h + hc
+    i = 0
+    while f"layers.{i}.weight" in params:
+        h = act(h) @ params[f"layers.{i}.weight"].T + params[f"layers.{i}.bias"]
+        i += 1
+    return h
