@@ -1,6 +1,8 @@
-"""Flow recipes in JAX (so far ``MAF``, ``IAF``, ``NSF``) and ``Flow`` for a custom stack."""
+"""Flow recipes in JAX, with pyroflows' names and arguments: ``MAF``, ``IAF``, ``NSF``, ``Coupling``, ``RealNVP``,
+``NICE``, ``BNAF``, ``Planar``, ``Radial``, ``Sylvester``, ``Elementwise``, and ``Flow`` for a custom stack."""
 
 from .core import Flow, FlowDistribution
-from .recipes import IAF, MAF, NSF
+from .recipes import BNAF, IAF, MAF, NICE, NSF, Coupling, Elementwise, Planar, Radial, RealNVP, Sylvester
 
-__all__ = ["IAF", "MAF", "NSF", "Flow", "FlowDistribution"]
+__all__ = ["BNAF", "IAF", "MAF", "NICE", "NSF", "Coupling", "Elementwise", "Flow", "FlowDistribution", "Planar",
+           "Radial", "RealNVP", "Sylvester"]

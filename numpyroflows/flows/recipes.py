@@ -71,3 +71,186 @@ class NSF(Flow):
                                     count_bins, bound, key=keys[i])
             for i in range(num_transforms)
         ])
+
+
+def _keys(key: Array | None, n: int):
+    return jax.random.split(default_key(key), max(n, 1))
+
+
+class Coupling(Flow):
+    """Coupling flow with any transformer (RealNVP with ``"affine"``, NSF-C with ``"spline"``); masks alternate
+    parity between layers. Same arguments as :class:`pyroflows.flows.Coupling`."""
+
+    def __init__(
+        self,
+        input_dim: int,
+        context_dim: int = 0,
+        num_transforms: int = 5,
+        hidden_dims: Sequence[int] = (64, 64),
+        transformer: str | Transformer = "affine",
+        mask: str = "half",
+        count_bins: int = 8,
+        bound: float = 5.0,
+        activation: str = "relu",
+        *,
+        key: Array | None = None,
+    ) -> None:
+        from ..transforms.coupling import CouplingTransform
+
+        keys = _keys(key, num_transforms)
+        super().__init__([
+            CouplingTransform(input_dim, transformer, context_dim, hidden_dims, mask, i % 2, activation, count_bins,
+                              bound, seed=i, key=keys[i])
+            for i in range(num_transforms)
+        ])
+
+
+class RealNVP(Flow):
+    """RealNVP (Dinh et al. 2017): affine coupling layers with alternating masks."""
+
+    def __init__(
+        self,
+        input_dim: int,
+        context_dim: int = 0,
+        num_transforms: int = 5,
+        hidden_dims: Sequence[int] = (64, 64),
+        mask: str = "half",
+        activation: str = "relu",
+        *,
+        key: Array | None = None,
+    ) -> None:
+        from ..transforms.coupling import CouplingTransform
+
+        keys = _keys(key, num_transforms)
+        super().__init__([
+            CouplingTransform(input_dim, "affine", context_dim, hidden_dims, mask, i % 2, activation, seed=i,
+                              key=keys[i])
+            for i in range(num_transforms)
+        ])
+
+
+class NICE(Flow):
+    """NICE (Dinh et al. 2014): additive coupling layers followed by a diagonal scaling."""
+
+    def __init__(
+        self,
+        input_dim: int,
+        context_dim: int = 0,
+        num_transforms: int = 4,
+        hidden_dims: Sequence[int] = (64, 64),
+        mask: str = "half",
+        activation: str = "relu",
+        *,
+        key: Array | None = None,
+    ) -> None:
+        from ..transforms.coupling import CouplingTransform
+        from ..transforms.linear import DiagonalAffine
+
+        keys = _keys(key, num_transforms + 1)
+        layers = [
+            CouplingTransform(input_dim, "additive", context_dim, hidden_dims, mask, i % 2, activation, seed=i,
+                              key=keys[i])
+            for i in range(num_transforms)
+        ]
+        super().__init__([*layers, DiagonalAffine(input_dim, context_dim, hidden_dims, key=keys[-1])])
+
+
+class Elementwise(Flow):
+    """An elementwise flow: ``num_transforms`` elementwise transformers (a spline by default)."""
+
+    def __init__(
+        self,
+        input_dim: int,
+        context_dim: int = 0,
+        num_transforms: int = 1,
+        hidden_dims: Sequence[int] = (64, 64),
+        transformer: str | Transformer = "spline",
+        count_bins: int = 8,
+        bound: float = 5.0,
+        *,
+        key: Array | None = None,
+    ) -> None:
+        from ..transforms.elementwise import ElementwiseTransform
+
+        keys = _keys(key, num_transforms)
+        super().__init__([
+            ElementwiseTransform(input_dim, transformer, context_dim, hidden_dims, count_bins, bound, key=keys[i])
+            for i in range(num_transforms)
+        ])
+
+
+class BNAF(Flow):
+    """Block neural autoregressive flow (De Cao et al. 2019), reversed order between layers, gated residual."""
+
+    def __init__(
+        self,
+        input_dim: int,
+        context_dim: int = 0,
+        num_transforms: int = 1,
+        hidden_factor: int = 8,
+        num_layers: int = 2,
+        activation: str = "tanh",
+        residual: str | None = "gated",
+        orientation: str = "maf",
+        *,
+        key: Array | None = None,
+    ) -> None:
+        from ..transforms.bnaf import BlockNAFTransform
+        from ..transforms.linear import Permutation
+
+        keys = _keys(key, num_transforms)
+        layers: list = []
+        for i in range(num_transforms):
+            if i > 0:
+                layers.append(Permutation(input_dim, kind="reverse"))
+            layers.append(BlockNAFTransform(input_dim, context_dim, hidden_factor, num_layers, activation, residual,
+                                            orientation, key=keys[i]))
+        super().__init__(layers)
+
+
+class Planar(Flow):
+    """Planar flow (Rezende & Mohamed 2015), with an exact inverse of fresh data."""
+
+    def __init__(self, input_dim: int, context_dim: int = 0, num_transforms: int = 8,
+                 hidden_dims: Sequence[int] = (64, 64), *, key: Array | None = None) -> None:
+        from ..transforms.planar import PlanarTransform
+
+        keys = _keys(key, num_transforms)
+        super().__init__([PlanarTransform(input_dim, context_dim, hidden_dims, key=keys[i])
+                          for i in range(num_transforms)])
+
+
+class Radial(Flow):
+    """Radial flow (Rezende & Mohamed 2015), with a closed-form inverse."""
+
+    def __init__(self, input_dim: int, context_dim: int = 0, num_transforms: int = 8,
+                 hidden_dims: Sequence[int] = (64, 64), *, key: Array | None = None) -> None:
+        from ..transforms.radial import RadialTransform
+
+        keys = _keys(key, num_transforms)
+        super().__init__([RadialTransform(input_dim, context_dim, hidden_dims, key=keys[i])
+                          for i in range(num_transforms)])
+
+
+class Sylvester(Flow):
+    """Sylvester flow (van den Berg et al. 2018) with Householder or orthogonal ``Q``."""
+
+    def __init__(
+        self,
+        input_dim: int,
+        context_dim: int = 0,
+        num_transforms: int = 4,
+        hidden_dims: Sequence[int] = (64, 64),
+        num_ortho: int | None = None,
+        q_type: str = "householder",
+        num_householder: int | None = None,
+        *,
+        key: Array | None = None,
+    ) -> None:
+        from ..transforms.sylvester import SylvesterTransform
+
+        keys = _keys(key, num_transforms)
+        super().__init__([
+            SylvesterTransform(input_dim, context_dim, hidden_dims, num_ortho, q_type, num_householder, key=keys[i])
+            for i in range(num_transforms)
+        ])
