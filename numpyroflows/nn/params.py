@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .mlp import mlp_apply, mlp_init
 
@@ -36,7 +37,15 @@ def param_head_apply(params: dict[str, Array], shapes: Mapping[str, tuple[int, .
         return {k: params[k] for k in shapes}
     net = {k[len("net."):]: v for k, v in params.items() if k.startswith("net.")}
     out = mlp_apply(net, None, context, activation)
-    sizes = [math.prod(s) for s in shapes.values()]
-    parts = jnp.split(out, list(jnp.cumsum(jnp.asarray(sizes))[:-1].tolist()), axis=-1)
+    offsets = np.cumsum([math.prod(s) for s in shapes.values()])[:-1].tolist()  # static: works under jit
+    parts = jnp.split(out, offsets, axis=-1)
     batch = out.shape[:-1]
     return {k: p.reshape(batch + tuple(s)) for (k, s), p in zip(shapes.items(), parts)}
+
+
+def head_params(params: dict[str, Array], shapes: Mapping[str, tuple[int, ...]], context: Array | None,
+                prefix: str = "head.") -> dict[str, Array]:
+    """The named raw parameters of a transform's parameter head: the entries of ``params`` under ``prefix`` (free, or
+    an MLP computing them from the context), as :func:`param_head_apply` returns them."""
+    head = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+    return param_head_apply(head, dict(shapes), context)

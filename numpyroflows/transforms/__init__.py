@@ -3,8 +3,12 @@
 
 from .autoregressive import AutoregressiveTransform, InverseAutoregressiveTransform, MaskedAutoregressiveTransform
 from .base import TRANSFORMS, ConditionedTransform, FlowChain, FlowTransform, from_config
+from .planar import PlanarTransform
+from .radial import RadialTransform
+from .sylvester import SylvesterTransform
 from .transformers import TRANSFORMERS, Additive, Affine, RQSpline, Transformer, make_transformer
 
 __all__ = ["TRANSFORMERS", "TRANSFORMS", "Additive", "Affine", "AutoregressiveTransform", "ConditionedTransform",
            "FlowChain", "FlowTransform", "InverseAutoregressiveTransform", "MaskedAutoregressiveTransform",
-           "RQSpline", "Transformer", "from_config", "make_transformer"]
+           "PlanarTransform", "RQSpline", "RadialTransform", "SylvesterTransform", "Transformer", "from_config",
+           "make_transformer"]
