@@ -244,3 +244,13 @@ def test_log_prob_of_own_sample_is_reused_once_and_exact(name):
     inverse_calls.clear()
     torch.testing.assert_close(d.log_prob(z), flow().log_prob(z.clone()), atol=1e-9, rtol=1e-9)
     assert inverse_calls
+
+
+@pytest.mark.parametrize("name", ["NSF", "MAF-bspline", "Elementwise-spline", "Coupling-spline"])
+def test_one_input_scored_under_a_batch_of_contexts(name):
+    flow = build(name, 3, 2)
+    x = torch.randn(3, dtype=torch.float64)
+    ctx = torch.randn(5, 2, dtype=torch.float64)
+    lp = flow(ctx).log_prob(x)
+    assert lp.shape == (5,)
+    torch.testing.assert_close(lp, torch.stack([flow(c).log_prob(x) for c in ctx]), atol=1e-10, rtol=1e-10)

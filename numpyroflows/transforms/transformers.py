@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from ..functional import affine as F_aff
+from ..functional import bspline as F_bs
+from ..functional import mixture as F_mix
 from ..functional import spline as F_rqs
 
 Array = jax.Array
@@ -126,3 +128,53 @@ def make_transformer(spec: str | dict | Transformer, **kwargs: Any) -> Transform
         raise ValueError(f"unknown transformer {name!r}; choose one of {sorted(TRANSFORMERS)}") from None
     accepted = inspect.signature(cls.__init__).parameters
     return cls(**{k: v for k, v in kwargs.items() if k in accepted and v is not None})
+
+
+class MonotoneBSpline(Transformer):
+    """Monotone uniform quadratic B-spline on ``[-bound, bound]`` with ``count_bins`` intervals and C¹ linear tails
+    (see :mod:`numpyroflows.functional.bspline`). Closed-form inverse. ``num_params = count_bins + 2``; raw zeros are
+    exactly the identity."""
+
+    name = "bspline"
+
+    def __init__(self, count_bins: int = 8, bound: float = 5.0) -> None:
+        if int(count_bins) < 1:
+            raise ValueError(f"count_bins must be >= 1, got {count_bins}")
+        if not float(bound) > 0:
+            raise ValueError(f"bound must be > 0, got {bound}")
+        self.count_bins, self.bound = int(count_bins), float(bound)
+        self.num_params = F_bs.num_params(self.count_bins)
+
+    def kwargs(self) -> dict:
+        return {"count_bins": self.count_bins, "bound": self.bound}
+
+    def forward(self, x: Array, params: Array) -> tuple[Array, Array]:
+        return F_bs.bspline_forward(x, params, self.bound)
+
+    def inverse(self, y: Array, params: Array) -> tuple[Array, Array]:
+        x, ld = F_bs.bspline_inverse(y, params, self.bound)
+        return x, -ld
+
+
+class MonotoneMixture(Transformer):
+    """``y = a·x + Σ_k w_k σ((x - b_k)/s_k)`` with ``a, s_k > 0``, ``w_k ≥ 0`` and ``K = count_bins`` sigmoid
+    components (see :mod:`numpyroflows.functional.mixture`). Inverse by bracketed bisection plus a differentiable
+    Newton step. ``num_params = 3 · count_bins + 1``; raw zeros are close to the identity (``x ≤ y ≤ x + 0.1``)."""
+
+    name = "mixture"
+
+    def __init__(self, count_bins: int = 8) -> None:
+        if int(count_bins) < 1:
+            raise ValueError(f"count_bins must be >= 1, got {count_bins}")
+        self.count_bins = int(count_bins)
+        self.num_params = F_mix.num_params(self.count_bins)
+
+    def kwargs(self) -> dict:
+        return {"count_bins": self.count_bins}
+
+    def forward(self, x: Array, params: Array) -> tuple[Array, Array]:
+        return F_mix.mixture_forward(x, params)
+
+    def inverse(self, y: Array, params: Array) -> tuple[Array, Array]:
+        x, ld = F_mix.mixture_inverse(y, params)
+        return x, -ld

@@ -178,8 +178,7 @@ def _bin_backward(saved, bound: float, g6: Tensor) -> Tensor:
 def _bin_params(params: Tensor, value: Tensor, bound: float, axis: int):
     # bins-first layout (P, *S): free when the conditioner already built its output that way (nn.mlp.params_view),
     # otherwise one transposing copy, which the fast ops on long contiguous rows repay
-    if params.shape[:-1] != value.shape:
-        params = params.expand(value.shape + params.shape[-1:])
+    value, params = _broadcast(value, params)
     params_t = params.movedim(-1, 0).contiguous()
     return _BinParams.apply(params_t, value.contiguous(), bound, axis)
 
@@ -341,9 +340,19 @@ def use_fused_kernel(enabled: bool = True) -> None:
     _FUSED = bool(enabled)
 
 
+def _broadcast(v: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+    """Values and parameters expanded to one batch shape (either may carry the larger batch, e.g. one input
+    scored under a batch of contexts)."""
+    shape = torch.broadcast_shapes(v.shape, params.shape[:-1])
+    if v.shape != shape:
+        v = v.expand(shape)
+    if params.shape[:-1] != shape:
+        params = params.expand(shape + params.shape[-1:])
+    return v, params
+
+
 def _fused(v: Tensor, params: Tensor, bound: float, inverse: bool) -> tuple[Tensor, Tensor]:
-    if params.shape[:-1] != v.shape:
-        params = params.expand(v.shape + params.shape[-1:])
+    v, params = _broadcast(v, params)
     return _RQSpline.apply(params.movedim(-1, 0).contiguous(), v.contiguous(), bound, inverse)
 
 

@@ -1,0 +1,352 @@
+"""Linear bijections in JAX: diagonal affine, LU-decomposed linear, fixed permutations, Householder reflections,
+ActNorm.
+
+Mirrors :mod:`pyroflows.transforms.linear`. Each one (except :class:`Permutation`) holds its raw parameters in a
+parameter head (:func:`~numpyroflows.nn.params.param_head_init`), so with ``context_dim > 0`` they are produced from
+the context by a small MLP (a conditional linear layer); parameter names are those of pyroflows' ``state_dict``
+(``"head.shift"``, ``"head.net.layers.0.weight"``, ...).
+
+Buffers. pyroflows keeps three persistent buffers in its ``state_dict``: the permutations ``"perm"``/``"inv_perm"``
+(:class:`Permutation`, :class:`LULinear`) and ActNorm's flag ``"initialized"``. They are kept in ``params`` under the
+same names so that parameters move between the packages name for name, but stored as *floating-point* arrays holding
+integer values (so that ``jax.grad`` of a loss with respect to a whole flow works: JAX refuses integer leaves); their
+gradients are zero and the permutations are rounded back to integers where they are used. Imported integer arrays
+are converted on :meth:`~numpyroflows.transforms.FlowTransform.with_params`; pyroflows casts them back to ``long`` on
+import. Do not apply weight decay to them (optimizers with zero gradients leave them unchanged).
+
+Random permutations are those of pyroflows: ``torch.randperm`` with a CPU generator seeded with ``seed``, reproduced
+exactly in NumPy (the same Mersenne twister and Fisher–Yates swaps), so that no torch is needed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ..functional import linear as F_lin
+from ..functional.affine import affine_scale
+from ..nn.mlp import mlp_apply
+from ..nn.params import param_head_apply, param_head_init
+from .base import FlowTransform, default_key
+
+Array = jax.Array
+
+#: names of the buffers (integer-valued, stored as floats) that pyroflows keeps in its state_dict
+_BUFFERS = ("perm", "inv_perm", "initialized")
+
+
+def torch_randperm(n: int, seed: int) -> np.ndarray:
+    """``torch.randperm(n, generator=torch.Generator().manual_seed(seed))`` (CPU generator), in NumPy.
+
+    torch draws from a 32-bit Mersenne twister seeded like ``init_genrand(seed)`` and swaps ``r[i]`` with
+    ``r[i + u % (n - i)]`` for ``i = 0 … n-2``; NumPy's MT19937 with legacy seeding gives the same raw stream. Seeds
+    outside ``[0, 2³²)`` fall back to torch itself (imported lazily).
+    """
+    n, seed = int(n), int(seed)
+    if not 0 <= seed < 2**32:
+        import torch
+
+        return torch.randperm(n, generator=torch.Generator().manual_seed(seed), device="cpu").numpy()
+    bits = np.random.MT19937()
+    bits._legacy_seeding(seed)
+    r = np.arange(n, dtype=np.int64)
+    for i in range(n - 1):
+        z = i + int(bits.random_raw()) % (n - i)
+        r[i], r[z] = r[z], r[i]
+    return r
+
+
+def _index(p: Array) -> Array:
+    """A permutation stored as floats -> integer indices (no gradient, robust to tiny drift)."""
+    return jnp.round(lax.stop_gradient(p)).astype(jnp.int32)
+
+
+class _LinearBase(FlowTransform):
+    """Shared plumbing: the parameter head under ``head.`` and float storage of integer buffers."""
+
+    def _head(self, params: dict, context: Array | None) -> dict[str, Array]:
+        head = {k[len("head."):]: v for k, v in params.items() if k.startswith("head.")}
+        shapes = dict(self._shape_items)
+        if not self.context_dim:
+            return param_head_apply(head, shapes, context)
+        # the context network's output split with static (NumPy) offsets, so that this traces under jit
+        out = mlp_apply({k[len("net."):]: v for k, v in head.items()}, None, context)
+        cuts = np.cumsum([math.prod(s) for s in shapes.values()])[:-1].tolist()
+        parts = jnp.split(out, cuts, axis=-1)
+        return {k: p.reshape(out.shape[:-1] + tuple(s)) for (k, s), p in zip(shapes.items(), parts)}
+
+    def with_params(self, params: dict[str, Array]) -> FlowTransform:
+        new = super().with_params(params)
+        for k in _BUFFERS:
+            if k in new.params and not jnp.issubdtype(new.params[k].dtype, jnp.floating):
+                new.params[k] = jnp.asarray(new.params[k], dtype=jnp.result_type(float))
+        return new
+
+
+def _head_params(key: Array | None, init: dict[str, Any], context_dim: int, hidden_dims: Sequence[int]) -> dict:
+    return {f"head.{k}": v for k, v in param_head_init(default_key(key), init, context_dim, hidden_dims).items()}
+
+
+class DiagonalAffine(_LinearBase):
+    """Elementwise affine map with one learnable shift and positive scale per dimension.
+
+    ``y = shift + scale ⊙ x`` with ``scale = affine_scale(raw_scale)`` (``1e-3 + softplus``, ``raw_scale = 0`` gives
+    1); ``log|det| = Σ log scale``. Starts at the identity. Same arguments as
+    :class:`pyroflows.transforms.DiagonalAffine`, plus ``key`` (PRNG key of the context network). Parameters:
+    ``head.shift``, ``head.raw_scale`` (or ``head.net.*`` with a context).
+
+    Reference: Dinh et al. (2017), "Density estimation using Real NVP" (the affine map, here unconditioned).
+    """
+
+    def __init__(self, input_dim: int, context_dim: int = 0, hidden_dims: Sequence[int] = (64, 64), *,
+                 key: Array | None = None) -> None:
+        super().__init__(input_dim, context_dim)
+        self.hidden_dims = tuple(int(h) for h in hidden_dims)
+        d = self.input_dim
+        self._shape_items = (("shift", (d,)), ("raw_scale", (d,)))
+        self.params = _head_params(key, {"shift": jnp.zeros(d), "raw_scale": jnp.zeros(d)}, context_dim,
+                                   self.hidden_dims)
+
+    def _forward_ld(self, params: dict, x: Array, context: Array | None) -> tuple[Array, Array]:
+        p = self._head(params, context)
+        scale = affine_scale(p["raw_scale"])
+        y = p["shift"] + scale * x
+        return y, jnp.broadcast_to(jnp.log(scale).sum(-1), y.shape[:-1])
+
+    def _inverse_ld(self, params: dict, y: Array, context: Array | None) -> tuple[Array, Array]:
+        p = self._head(params, context)
+        scale = affine_scale(p["raw_scale"])
+        x = (y - p["shift"]) / scale
+        return x, jnp.broadcast_to(-jnp.log(scale).sum(-1), x.shape[:-1])
+
+
+class LULinear(_LinearBase):
+    """Invertible linear layer ``y = W x + b`` with ``W = P L U`` (LU-decomposed, as Glow's 1x1 convolutions).
+
+    ``P`` is a fixed random permutation drawn from ``seed`` (the very permutation pyroflows draws), ``L`` is unit
+    lower triangular and ``U`` upper triangular with diagonal ``1e-3 + softplus(raw)`` (raw 0 gives 1), so
+    ``log|det W| = Σ log diag(U)`` and the inverse is two triangular solves. ``L`` and ``U`` start at the identity.
+    Same arguments as :class:`pyroflows.transforms.LULinear`, plus ``key``. Parameters: ``perm``, ``inv_perm``
+    (buffers, see the module docstring), ``head.shift``, ``head.packed``, ``head.raw_diag`` (or ``head.net.*``).
+
+    Reference: Kingma & Dhariwal (2018), "Glow: Generative Flow with Invertible 1x1 Convolutions".
+    """
+
+    def __init__(self, input_dim: int, context_dim: int = 0, hidden_dims: Sequence[int] = (64, 64), seed: int = 0,
+                 *, key: Array | None = None) -> None:
+        super().__init__(input_dim, context_dim)
+        d = self.input_dim
+        self.hidden_dims, self.seed = tuple(int(h) for h in hidden_dims), int(seed)
+        perm = torch_randperm(d, self.seed)
+        self._shape_items = (("shift", (d,)), ("packed", (d, d)), ("raw_diag", (d,)))
+        init = {"shift": jnp.zeros(d), "packed": jnp.zeros((d, d)), "raw_diag": jnp.zeros(d)}
+        self.params = {"perm": jnp.asarray(perm, jnp.float32), "inv_perm": jnp.asarray(np.argsort(perm), jnp.float32),
+                       **_head_params(key, init, context_dim, self.hidden_dims)}
+
+    def _factors(self, params: dict, context: Array | None):
+        p = self._head(params, context)
+        lower, upper, log_diag = F_lin.lu_factors(p["packed"], p["raw_diag"])
+        return lower, upper, log_diag, p["shift"]
+
+    def weight(self, context: Array | None = None) -> Array:
+        """The matrix ``W = P L U`` (``(D, D)``, or batched with a context)."""
+        lower, upper, _, _ = self._factors(self.params, context)
+        return (lower @ upper)[..., _index(self.params["perm"]), :]
+
+    def _forward_ld(self, params: dict, x: Array, context: Array | None) -> tuple[Array, Array]:
+        lower, upper, log_diag, shift = self._factors(params, context)
+        return F_lin.lu_forward(x, lower, upper, log_diag, _index(params["perm"]), shift)
+
+    def _inverse_ld(self, params: dict, y: Array, context: Array | None) -> tuple[Array, Array]:
+        lower, upper, log_diag, shift = self._factors(params, context)
+        if lower.ndim > 2:  # one matrix per context: batched solves need equal batch shapes
+            batch = jnp.broadcast_shapes(y.shape[:-1], lower.shape[:-2])
+            d = self.input_dim
+            y = jnp.broadcast_to(y, batch + (d,))
+            lower, upper = jnp.broadcast_to(lower, batch + (d, d)), jnp.broadcast_to(upper, batch + (d, d))
+        return F_lin.lu_inverse(y, lower, upper, log_diag, _index(params["inv_perm"]), shift)
+
+
+class Permutation(_LinearBase):
+    """A fixed permutation of the coordinates, ``y = x[..., perm]``; ``log|det| = 0``.
+
+    Same arguments as :class:`pyroflows.transforms.Permutation` (``permutation`` overrides ``kind``; ``"reverse"`` or
+    ``"random"`` drawn from ``seed`` exactly as pyroflows draws it); ``key`` is accepted and unused. Parameters: the
+    buffers ``perm`` and ``inv_perm`` only (floats holding integers, see the module docstring; no gradient).
+
+    Reference: Dinh et al. (2015), "NICE"; Papamakarios et al. (2017), "Masked Autoregressive Flow".
+    """
+
+    def __init__(self, input_dim: int, permutation: Sequence[int] | None = None, kind: str = "reverse",
+                 seed: int = 0, *, key: Array | None = None) -> None:
+        super().__init__(input_dim, 0)
+        d = self.input_dim
+        if permutation is not None:
+            perm = np.asarray([int(i) for i in permutation], dtype=np.int64)
+            if perm.shape != (d,) or not np.array_equal(np.sort(perm), np.arange(d)):
+                raise ValueError(
+                    f"permutation must list each of 0..{d - 1} exactly once (input_dim={d}), got {list(permutation)}"
+                )
+        elif kind == "reverse":
+            perm = np.arange(d - 1, -1, -1)
+        elif kind == "random":
+            perm = torch_randperm(d, seed)
+        else:
+            raise ValueError(f"unknown permutation kind {kind!r}: use 'reverse' or 'random', or pass permutation=")
+        self.perm = tuple(int(i) for i in perm)  # static copy, for display; the math uses params["perm"]
+        self.params = {"perm": jnp.asarray(perm, jnp.float32), "inv_perm": jnp.asarray(np.argsort(perm), jnp.float32)}
+
+    def _forward_ld(self, params: dict, x: Array, context: Array | None) -> tuple[Array, Array]:
+        return x[..., _index(params["perm"])], jnp.zeros(x.shape[:-1], x.dtype)
+
+    def _inverse_ld(self, params: dict, y: Array, context: Array | None) -> tuple[Array, Array]:
+        return y[..., _index(params["inv_perm"])], jnp.zeros(y.shape[:-1], y.dtype)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(input_dim={self.input_dim}, perm={list(self.perm)})"
+
+
+class ReversePermutation(Permutation):
+    """Reverse the order of the coordinates: ``y = x[..., ::-1]`` (a :class:`Permutation`)."""
+
+    def __init__(self, input_dim: int, *, key: Array | None = None) -> None:
+        super().__init__(input_dim, None, "reverse")
+
+
+class RandomPermutation(Permutation):
+    """A fixed random permutation drawn from ``seed``, the same as pyroflows' (a :class:`Permutation`)."""
+
+    def __init__(self, input_dim: int, seed: int = 0, *, key: Array | None = None) -> None:
+        super().__init__(input_dim, None, "random", seed)
+
+
+class Householder(_LinearBase):
+    """Orthogonal map made of ``count`` Householder reflections; volume preserving.
+
+    ``y = H_K ⋯ H_1 x`` with ``H_k = I - 2 v_k v_kᵀ / ‖v_k‖²``; ``|det| = 1``; the inverse applies the reflections in
+    reverse order. The vectors start standard normal (drawn from ``key``). Same arguments as
+    :class:`pyroflows.transforms.Householder`, plus ``key``. Parameters: ``head.vectors`` ``(count, D)`` (or
+    ``head.net.*``).
+
+    Reference: Tomczak & Welling (2016), "Improving Variational Auto-Encoders using Householder Flow".
+    """
+
+    def __init__(self, input_dim: int, context_dim: int = 0, hidden_dims: Sequence[int] = (64, 64), count: int = 2,
+                 *, key: Array | None = None) -> None:
+        super().__init__(input_dim, context_dim)
+        if int(count) < 1:
+            raise ValueError(f"count must be a positive number of reflections, got {count}")
+        self.count, self.hidden_dims = int(count), tuple(int(h) for h in hidden_dims)
+        k_vec, k_net = jax.random.split(default_key(key))
+        self._shape_items = (("vectors", (self.count, self.input_dim)),)
+        init = {"vectors": jax.random.normal(k_vec, (self.count, self.input_dim))}
+        self.params = _head_params(k_net, init, context_dim, self.hidden_dims)
+
+    def _forward_ld(self, params: dict, x: Array, context: Array | None) -> tuple[Array, Array]:
+        return F_lin.householder_forward(x, self._head(params, context)["vectors"])
+
+    def _inverse_ld(self, params: dict, y: Array, context: Array | None) -> tuple[Array, Array]:
+        return F_lin.householder_inverse(y, self._head(params, context)["vectors"])
+
+
+class ActNorm(_LinearBase):
+    """Activation normalisation: ``y = loc + scale ⊙ x``, ``scale = exp(log_scale)``, ``log|det| = Σ log_scale``.
+
+    Same arguments and parameters as :class:`pyroflows.transforms.ActNorm` (plus ``key``): ``head.loc``,
+    ``head.log_scale`` (or ``head.net.*``) and the flag ``initialized`` (0/1, a float here; see the module
+    docstring), so an initialised pyroflows ActNorm imports with its fitted values and flag.
+
+    Data-dependent initialisation is *explicit* in JAX (pyroflows does it as a side effect of the first call, which a
+    pure function cannot): :meth:`initialize` returns a new transform whose first call on that batch gives zero mean
+    and unit variance per dimension, and :func:`initialize_flow` does it for every ActNorm of a flow the way
+    pyroflows' first ``log_prob`` call would. The forward and inverse maps always use the stored parameters, whatever
+    the flag; an uninitialised layer is the identity.
+
+    Reference: Kingma & Dhariwal (2018), "Glow: Generative Flow with Invertible 1x1 Convolutions".
+    """
+
+    def __init__(self, input_dim: int, context_dim: int = 0, hidden_dims: Sequence[int] = (64, 64), *,
+                 key: Array | None = None) -> None:
+        super().__init__(input_dim, context_dim)
+        self.hidden_dims = tuple(int(h) for h in hidden_dims)
+        d = self.input_dim
+        self._shape_items = (("loc", (d,)), ("log_scale", (d,)))
+        self.params = {"initialized": jnp.zeros((), jnp.float32),
+                       **_head_params(key, {"loc": jnp.zeros(d), "log_scale": jnp.zeros(d)}, context_dim,
+                                      self.hidden_dims)}
+
+    def _bias_name(self) -> str:
+        """Name of the context network's output bias (which holds ``[loc, log_scale]``)."""
+        last = max((int(k.split(".")[3]) for k in self.params if k.startswith("head.net.layers.")), default=None)
+        return "head.net.context_layer.bias" if last is None else f"head.net.layers.{last}.bias"
+
+    def initialize(self, v: Array, direction: str = "forward") -> ActNorm:
+        """This layer initialised from a batch, as pyroflows' first call in ``direction`` would do it.
+
+        ``direction="forward"`` (``v`` is an input ``x``): ``scale = 1/std(x)``, ``loc = -mean(x)/std(x)``;
+        ``"inverse"`` (``v`` is an output ``y``): ``loc = mean(y)``, ``scale = std(y)``. Statistics over all batch
+        dimensions (no gradient); dimensions with zero or non-finite spread keep ``scale = 1``. With a context the
+        output bias of the context network is set. A layer whose flag ``initialized`` is already 1 is returned
+        unchanged (as in pyroflows; see :meth:`reset_initialization`). Jit-able; returns a new transform.
+        """
+        if direction not in ("forward", "inverse"):
+            raise ValueError(f"direction must be 'forward' or 'inverse', got {direction!r}")
+        v = lax.stop_gradient(jnp.asarray(v))
+        flat = v.reshape(-1, self.input_dim)
+        mean = flat.mean(0)
+        std = flat.std(0)
+        std = jnp.where((std > 0) & jnp.isfinite(std), std, jnp.ones_like(std))
+        if direction == "forward":
+            loc, log_scale = -mean / std, -jnp.log(std)
+        else:
+            loc, log_scale = mean, jnp.log(std)
+        done = self.params["initialized"] > 0.5
+        params = dict(self.params)
+        if self.context_dim == 0:
+            new = {"head.loc": loc, "head.log_scale": log_scale}
+        else:
+            name = self._bias_name()
+            new = {name: params[name].at[: 2 * self.input_dim].set(jnp.concatenate([loc, log_scale]))}
+        for k, val in new.items():
+            params[k] = jnp.where(done, params[k], val.astype(params[k].dtype))
+        params["initialized"] = jnp.ones_like(params["initialized"])
+        return self.with_params(params)
+
+    def reset_initialization(self) -> ActNorm:
+        """A copy with the flag ``initialized`` at 0 (the next :meth:`initialize` sets ``loc``/``scale`` again)."""
+        return self.with_params({**self.params, "initialized": jnp.zeros_like(self.params["initialized"])})
+
+    def _forward_ld(self, params: dict, x: Array, context: Array | None) -> tuple[Array, Array]:
+        p = self._head(params, context)
+        y = p["loc"] + jnp.exp(p["log_scale"]) * x
+        return y, jnp.broadcast_to(p["log_scale"].sum(-1), y.shape[:-1])
+
+    def _inverse_ld(self, params: dict, y: Array, context: Array | None) -> tuple[Array, Array]:
+        p = self._head(params, context)
+        x = (y - p["loc"]) * jnp.exp(-p["log_scale"])
+        return x, jnp.broadcast_to(-p["log_scale"].sum(-1), x.shape[:-1])
+
+
+def initialize_flow(flow: Any, x: Array, context: Array | None = None) -> Any:
+    """``flow`` with every :class:`ActNorm` initialised from data ``x``, as pyroflows' first
+    ``flow(context).log_prob(x)`` does it: the data go through the inverse pass (last transform first) and each
+    ActNorm met on the way is initialised (``direction="inverse"``) on the batch it receives, then applied.
+    Returns a new flow."""
+    parts = list(flow.transforms)
+    v = jnp.asarray(x)
+    for i in reversed(range(len(parts))):
+        t = parts[i]
+        ctx = context if t.context_dim else None
+        if isinstance(t, ActNorm):
+            t = parts[i] = t.initialize(v, "inverse")
+        v, _ = t._inverse_ld(t.params, v, ctx)
+    new = object.__new__(type(flow))
+    new.__dict__.update(flow.__dict__)
+    new.transforms = tuple(parts)
+    return new
