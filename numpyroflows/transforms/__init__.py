@@ -3,8 +3,19 @@
 
 from .autoregressive import AutoregressiveTransform, InverseAutoregressiveTransform, MaskedAutoregressiveTransform
 from .base import TRANSFORMS, ConditionedTransform, FlowChain, FlowTransform, from_config
+from .bnaf import BlockNAFTransform
 from .coupling import CouplingTransform, coupling_mask
 from .elementwise import ElementwiseTransform, LeakyReLU, Sigmoid, Tanh
+from .linear import (
+    ActNorm,
+    DiagonalAffine,
+    Householder,
+    LULinear,
+    Permutation,
+    RandomPermutation,
+    ReversePermutation,
+    initialize_flow,
+)
 from .planar import PlanarTransform
 from .radial import RadialTransform
 from .sylvester import SylvesterTransform
@@ -20,9 +31,10 @@ from .transformers import (
 )
 
 __all__ = [
-    "TRANSFORMERS", "TRANSFORMS", "Additive", "Affine", "AutoregressiveTransform", "ConditionedTransform",
-    "CouplingTransform", "ElementwiseTransform", "FlowChain", "FlowTransform", "InverseAutoregressiveTransform",
-    "LeakyReLU", "MaskedAutoregressiveTransform", "MonotoneBSpline", "MonotoneMixture", "PlanarTransform",
-    "RQSpline", "RadialTransform", "Sigmoid", "SylvesterTransform", "Tanh", "Transformer", "coupling_mask",
-    "from_config", "make_transformer",
+    "TRANSFORMERS", "TRANSFORMS", "ActNorm", "Additive", "Affine", "AutoregressiveTransform", "BlockNAFTransform",
+    "ConditionedTransform", "CouplingTransform", "DiagonalAffine", "ElementwiseTransform", "FlowChain",
+    "FlowTransform", "Householder", "InverseAutoregressiveTransform", "LULinear", "LeakyReLU",
+    "MaskedAutoregressiveTransform", "MonotoneBSpline", "MonotoneMixture", "Permutation", "PlanarTransform",
+    "RQSpline", "RadialTransform", "RandomPermutation", "ReversePermutation", "Sigmoid", "SylvesterTransform", "Tanh",
+    "Transformer", "coupling_mask", "from_config", "initialize_flow", "make_transformer",
 ]

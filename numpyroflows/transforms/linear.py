@@ -20,7 +20,6 @@ exactly in NumPy (the same Mersenne twister and Fisher–Yates swaps), so that n
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,8 +30,7 @@ from jax import lax
 
 from ..functional import linear as F_lin
 from ..functional.affine import affine_scale
-from ..nn.mlp import mlp_apply
-from ..nn.params import param_head_apply, param_head_init
+from ..nn.params import head_params, param_head_init
 from .base import FlowTransform, default_key
 
 Array = jax.Array
@@ -71,15 +69,7 @@ class _LinearBase(FlowTransform):
     """Shared plumbing: the parameter head under ``head.`` and float storage of integer buffers."""
 
     def _head(self, params: dict, context: Array | None) -> dict[str, Array]:
-        head = {k[len("head."):]: v for k, v in params.items() if k.startswith("head.")}
-        shapes = dict(self._shape_items)
-        if not self.context_dim:
-            return param_head_apply(head, shapes, context)
-        # the context network's output split with static (NumPy) offsets, so that this traces under jit
-        out = mlp_apply({k[len("net."):]: v for k, v in head.items()}, None, context)
-        cuts = np.cumsum([math.prod(s) for s in shapes.values()])[:-1].tolist()
-        parts = jnp.split(out, cuts, axis=-1)
-        return {k: p.reshape(out.shape[:-1] + tuple(s)) for (k, s), p in zip(shapes.items(), parts)}
+        return head_params(params, dict(self._shape_items), context)
 
     def with_params(self, params: dict[str, Array]) -> FlowTransform:
         new = super().with_params(params)
