@@ -22,6 +22,15 @@ RECIPES = {
     "MAF-spline": lambda pkg, c: pkg.MAF(3, c, 2, H, transformer="spline", count_bins=5, bound=3.0),
     "IAF": lambda pkg, c: pkg.IAF(3, c, num_transforms=2, hidden_dims=H),
     "NSF": lambda pkg, c: pkg.NSF(3, c, num_transforms=2, hidden_dims=H, count_bins=5, bound=3.0),
+    "Coupling-spline": lambda pkg, c: pkg.Coupling(3, c, 2, H, transformer="spline", count_bins=5, bound=3.0),
+    "Coupling-mixture": lambda pkg, c: pkg.Coupling(3, c, 2, H, transformer="mixture", mask="random", count_bins=3),
+    "RealNVP": lambda pkg, c: pkg.RealNVP(3, c, num_transforms=3, hidden_dims=H),
+    "NICE": lambda pkg, c: pkg.NICE(3, c, num_transforms=3, hidden_dims=H),
+    "Elementwise-bspline": lambda pkg, c: pkg.Elementwise(3, c, 1, H, transformer="bspline", bound=3.0),
+    "BNAF": lambda pkg, c: pkg.BNAF(3, c, num_transforms=2, hidden_factor=4),
+    "Planar": lambda pkg, c: pkg.Planar(3, c, num_transforms=3, hidden_dims=H),
+    "Radial": lambda pkg, c: pkg.Radial(3, c, num_transforms=3, hidden_dims=H),
+    "Sylvester": lambda pkg, c: pkg.Sylvester(3, c, num_transforms=2, hidden_dims=H),
 }
 
 
