@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import jax.numpy as jnp
 import numpy as np
 import numpyro
@@ -25,3 +27,47 @@ def module(name: str, flow: Flow) -> Flow:
     """Register the flow's parameters with NumPyro (``numpyro.param("name$key", value)``) and return the flow with
     the values NumPyro holds: call it inside a model or guide, like ``pyro.module``."""
     return flow.with_params({k: numpyro.param(f"{name}${k}", v) for k, v in flow.params.items()})
+
+
+FORMAT = "numpyroflows"
+FORMAT_VERSION = 1
+
+
+def flow_from_config(config: dict, key=None) -> Flow:
+    """Build a flow (fresh parameters from ``key``) from :meth:`Flow.config`."""
+    from .flows.core import RECIPES
+    from .transforms.base import from_config
+    from .transforms.transformers import make_transformer
+
+    def revive(v):
+        if isinstance(v, dict) and "__transformer__" in v:
+            return make_transformer(v["__transformer__"])
+        if isinstance(v, list):
+            return [revive(a) for a in v]
+        return v
+
+    kind = config.get("type")
+    if kind == "Flow":
+        return Flow([from_config(t, key) for t in config["transforms"]])
+    try:
+        cls = RECIPES[kind]
+    except KeyError:
+        raise ValueError(f"unknown flow type {kind!r} in saved configuration; known: {sorted(RECIPES)}") from None
+    return cls(**{k: revive(v) for k, v in config["kwargs"].items()}, key=key)
+
+
+def save(flow: Flow, path) -> None:
+    """Write ``flow`` (configuration as JSON, parameters as arrays) to an ``.npz`` file; read it with :func:`load`."""
+    arrays = {f"param:{k}": np.asarray(v) for k, v in flow.params.items()}
+    meta = json.dumps({"format": FORMAT, "version": FORMAT_VERSION, "config": flow.config()})
+    np.savez(path, __meta__=np.array(meta), **arrays)
+
+
+def load(path) -> Flow:
+    """Read a flow written by :func:`save` (``np.load(allow_pickle=False)``: never unpickles code)."""
+    with np.load(path, allow_pickle=False) as blob:
+        meta = json.loads(str(blob["__meta__"]))
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a numpyroflows file (write one with numpyroflows.save)")
+        params = {k[len("param:"):]: blob[k] for k in blob.files if k.startswith("param:")}
+    return import_params(flow_from_config(meta["config"]), params)

@@ -99,3 +99,14 @@ def test_jit_grad_and_numpyro_module():
     trace = handlers.trace(handlers.seed(model, 0)).get_trace()
     names = {k for k, v in trace.items() if v["type"] == "param"}
     assert names == {f"flow${k}" for k in jflow.params}
+
+
+@pytest.mark.parametrize("name", ["NSF", "BNAF", "Sylvester"])
+def test_numpyroflows_save_load_round_trip(name, tmp_path):
+    _, jflow = _pair(name, 2)
+    path = tmp_path / "flow.npz"
+    numpyroflows.save(jflow, path)
+    loaded = numpyroflows.load(path)
+    assert type(loaded) is type(jflow)
+    x, c = jnp.asarray(np.random.default_rng(2).normal(size=(6, 3))), jnp.asarray(np.ones((6, 2)))
+    np.testing.assert_array_equal(np.asarray(loaded(c).log_prob(x)), np.asarray(jflow(c).log_prob(x)))
