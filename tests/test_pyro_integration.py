@@ -378,3 +378,24 @@ def test_transform_module_inverse_on_fresh_data(name):
     # and as a pyro module
     pyro.module(name, t)
     assert {k for k in pyro.get_param_store().keys()} == {f"{name}$$${n}" for n, _ in t.named_parameters()}
+
+
+@pytest.mark.parametrize("vectorize", [False, True])
+def test_iaf_guide_in_svi_never_runs_the_inverse(vectorize):
+    """Trace_ELBO scores the guide's own sample: the density comes from the sampling pass (one pass per step)."""
+    flow = flows.IAF(2, num_transforms=2, hidden_dims=(8, 8))
+    calls = []
+    for t in flow.transforms:
+        t._inverse_ld = lambda y, c, _orig=t._inverse_ld: (calls.append(1), _orig(y, c))[1]
+
+    def model():
+        pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+
+    def guide():
+        pyro.module("flow", flow)
+        pyro.sample("z", flow())
+
+    elbo = Trace_ELBO(num_particles=4, vectorize_particles=vectorize, max_plate_nesting=0)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), elbo)
+    assert math.isfinite(svi.step())
+    assert not calls
