@@ -302,7 +302,8 @@ class ActNorm(_LinearBase):
             new = {"head.loc": loc, "head.log_scale": log_scale}
         else:
             name = self._bias_name()
-            new = {name: params[name].at[: 2 * self.input_dim].set(jnp.concatenate([loc, log_scale]))}
+            stats = jnp.concatenate([loc, log_scale]).astype(params[name].dtype)
+            new = {name: params[name].at[: 2 * self.input_dim].set(stats)}
         for k, val in new.items():
             params[k] = jnp.where(done, params[k], val.astype(params[k].dtype))
         params["initialized"] = jnp.ones_like(params["initialized"])
