@@ -112,8 +112,8 @@ def _pad(row: list[float]) -> list[float]:
     return list(row) + [0.0] * (P_MAX - len(row))
 
 
-# Known failures, as explicit examples that hypothesis always runs first (counterexamples found while writing these
-# tests, by hypothesis or by a brute-force search; see the xfail reasons). Each applies to every transformer (rows are
+# Regression cases, as explicit examples that hypothesis always runs first (counterexamples found while writing these
+# tests, by hypothesis or by a brute-force search, for bugs since fixed). Each applies to every transformer (rows are
 # cut to its number of parameters); it is only a counterexample for the one named in its comment.
 # float32 RQ spline, inside the bound: a small derivative (raw -8: d ≈ 1.6e-3) at an interior knot; inverse just below
 # that knot's ordinate (found by hypothesis).

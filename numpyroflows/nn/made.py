@@ -133,8 +133,3 @@ def made_apply(params: dict[str, Array], x: Array, context: Array | None = None,
                     order=order, activation=activation, layers=layers)
     return made_output(layers, h, input_dim=input_dim, num_params=num_params)
 
-
-def num_flat(input_dim: int, num_params: int, hidden_dims: Sequence[int]) -> int:
-    """Size of the ``"flat"`` parameter of a MADE."""
-    sizes = [input_dim, *hidden_dims, input_dim * num_params]
-    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))

@@ -57,8 +57,11 @@ def spline_knots(params: Tensor, bound: float) -> tuple[Tensor, Tensor, Tensor]:
     """Knot abscissae, ordinates and derivatives, each ``(..., K + 1)``, from raw parameters ``(..., 3K - 1)``."""
     k = (params.shape[-1] + 1) // 3
     uwh, ud = params.split([2 * k, k - 1], dim=-1)
-    _, ce, total = _cumulative(uwh.contiguous().unflatten(-1, (2, k)))
-    knots = torch.addcmul(_knot_offsets(k, bound, params), F.pad(ce[..., :-1], (1, 1)), _knot_scale(k, bound, total))
+    uwh = uwh.unflatten(-1, (2, k))
+    e = torch.exp(uwh - uwh.amax(-1, keepdim=True))
+    ce = torch.cumsum(e, dim=-1)
+    scale = (2 * bound * (1.0 - MIN_BIN_WIDTH * k)) / ce[..., -1:]  # interior knot j = c_j + scale * ce_{j-1}
+    knots = torch.addcmul(_knot_offsets(k, bound, params), F.pad(ce[..., :-1], (1, 1)), scale)
     d = F.pad(MIN_DERIVATIVE + F.softplus(ud + _DERIV_SHIFT), (1, 1), value=1.0)
     return knots[..., 0, :], knots[..., 1, :], d
 
@@ -68,21 +71,6 @@ def _knot_offsets(k: int, bound: float, like: Tensor) -> Tensor:
     c = torch.arange(k + 1, dtype=like.dtype, device=like.device) * (2 * bound * MIN_BIN_WIDTH) - bound
     c[-1] = bound
     return c
-
-
-def _knot_scale(k: int, bound: float, total: Tensor) -> Tensor:
-    return (2 * bound * (1.0 - MIN_BIN_WIDTH * k)) / total
-
-
-def _cumulative(uwh: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Shifted exponentials ``e``, their cumulative sums ``ce`` and the row sums ``Σe`` (last axis of ``uwh``).
-
-    The bin sizes are ``2·bound·(m + (1 - m·K)·e_j/Σe)`` (a softmax with a floor), so interior knot ``j`` is
-    ``c_j + r·ce_{j-1}`` with ``r = 2·bound·(1 - m·K)/Σe``: affine in ``ce``, which keeps the fused backward short.
-    """
-    e = torch.exp(uwh - uwh.amax(-1, keepdim=True))
-    ce = torch.cumsum(e, dim=-1)
-    return e, ce, ce[..., -1:]
 
 
 class _BinParams(torch.autograd.Function):
