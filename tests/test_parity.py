@@ -110,3 +110,22 @@ def test_numpyroflows_save_load_round_trip(name, tmp_path):
     assert type(loaded) is type(jflow)
     x, c = jnp.asarray(np.random.default_rng(2).normal(size=(6, 3))), jnp.asarray(np.ones((6, 2)))
     np.testing.assert_array_equal(np.asarray(loaded(c).log_prob(x)), np.asarray(jflow(c).log_prob(x)))
+
+
+def test_custom_base_distribution_matches_pyroflows():
+    import numpyro.distributions as ndist
+    import pyro.distributions as pdist
+
+    loc, scale = np.array([1.0, -2.0, 0.5]), np.array([2.0, 0.5, 1.5])
+    tflow, _ = _pair("MAF", 0)
+    tflow.base = pdist.Normal(torch.as_tensor(loc), torch.as_tensor(scale)).to_event(1)
+    jbase = ndist.Normal(jnp.asarray(loc), jnp.asarray(scale)).to_event(1)
+    jflow = numpyroflows.import_params(jflows.Flow(RECIPES["MAF"](jflows, 0).transforms, base=jbase),
+                                       pyroflows.export_params(tflow))
+    x = np.random.default_rng(4).normal(size=(7, 3))
+    np.testing.assert_allclose(np.asarray(jflow().log_prob(jnp.asarray(x))),
+                               tflow().log_prob(torch.as_tensor(x)).detach().numpy(), atol=1e-9, rtol=1e-9)
+    xs, lp = jflow().sample_and_log_prob(jax.random.PRNGKey(0), (5,))
+    np.testing.assert_allclose(np.asarray(lp), np.asarray(jflow().log_prob(xs)), atol=1e-9)
+    with pytest.raises(ValueError, match="custom base"):
+        jflow.config()

@@ -29,7 +29,8 @@ RECIPES: dict[str, type] = {}
 
 @jax.tree_util.register_pytree_node_class
 class Flow:
-    """A normalizing flow ``x = T(z)``, ``z ~ N(0, I)``; calling it returns a NumPyro distribution.
+    """A normalizing flow ``x = T(z)``, ``z ~ base`` (standard normal by default); calling it returns a NumPyro
+    distribution. ``base`` may be any NumPyro distribution with ``event_shape == (input_dim,)``, as in pyroflows.
 
     Example:
         >>> flow = NSF(input_dim=2, key=jax.random.PRNGKey(0))
@@ -43,7 +44,7 @@ class Flow:
         record_init_arguments(cls)
         jax.tree_util.register_pytree_node_class(cls)
 
-    def __init__(self, transforms: Sequence[FlowTransform]) -> None:
+    def __init__(self, transforms: Sequence[FlowTransform], base: dist.Distribution | None = None) -> None:
         transforms = tuple(transforms)
         if not transforms:
             raise ValueError("a Flow needs at least one transform")
@@ -60,6 +61,9 @@ class Flow:
         self.transforms = transforms
         self.input_dim = dims.pop()
         self.context_dim = ctx.pop() if ctx else 0
+        if base is not None and tuple(base.event_shape) != (self.input_dim,):
+            raise ValueError(f"base must have event_shape ({self.input_dim},), got {tuple(base.event_shape)}")
+        self.base = base
 
     # -------------------------------------------------------------------------------------------------------------
     def __call__(self, context: Array | None = None) -> FlowDistribution:
@@ -91,20 +95,22 @@ class Flow:
 
     def config(self) -> dict:
         """JSON-able configuration from which :func:`numpyroflows.load` rebuilds the flow."""
+        if self.base is not None:
+            raise ValueError("a flow with a custom base distribution cannot be saved; save its transforms instead")
         if "_flow_config" in self.__dict__:
             return json.loads(self.__dict__["_flow_config"])
         return {"type": "Flow", "transforms": [t.config() for t in self.transforms]}
 
-    # pytree: the transforms are the children, the rest is static
+    # pytree: the transforms and the base are the children, the rest is static
     def tree_flatten(self):
-        static = tuple(sorted((k, v) for k, v in self.__dict__.items() if k != "transforms"))
-        return (self.transforms,), static
+        static = tuple(sorted((k, v) for k, v in self.__dict__.items() if k not in ("transforms", "base")))
+        return (self.transforms, self.base), static
 
     @classmethod
     def tree_unflatten(cls, static, children):
         new = object.__new__(cls)
         new.__dict__.update(dict(static))
-        new.transforms = children[0]
+        new.transforms, new.base = children
         return new
 
     def __repr__(self) -> str:
@@ -131,13 +137,21 @@ class FlowDistribution(dist.Distribution):
         super().__init__(batch_shape=batch, event_shape=(flow.input_dim,), validate_args=False)
 
     def _base_sample(self, key: Array, sample_shape: tuple) -> Array:
-        return jax.random.normal(key, tuple(sample_shape) + self.batch_shape + self.event_shape)
+        shape = tuple(sample_shape) + self.batch_shape
+        if self.flow.base is not None:
+            return self.flow.base.sample(key, shape)
+        return jax.random.normal(key, shape + self.event_shape)
+
+    def _base_log_prob(self, z: Array) -> Array:
+        if self.flow.base is not None:
+            return self.flow.base.log_prob(z)
+        return -0.5 * jnp.sum(z * z, -1) - self.flow.input_dim * _HALF_LOG_2PI
 
     def sample_and_log_prob(self, key: Array, sample_shape: tuple = ()) -> tuple[Array, Array]:
         """Reparameterized samples and their log-density in one forward pass."""
         z = self._base_sample(key, sample_shape)
         x, ladj = chain_forward(self.flow.transforms, z, self.context)
-        return x, -0.5 * jnp.sum(z * z, -1) - self.flow.input_dim * _HALF_LOG_2PI - ladj
+        return x, self._base_log_prob(z) - ladj
 
     def sample(self, key: Array, sample_shape: tuple = ()) -> Array:
         z = self._base_sample(key, sample_shape)
@@ -146,7 +160,7 @@ class FlowDistribution(dist.Distribution):
     def log_prob(self, value: Array) -> Array:
         check_input(value, self.flow.input_dim, "value", f"{type(self.flow).__name__}.log_prob: ")
         z, ladj = chain_inverse(self.flow.transforms, value, self.context)
-        lp = -0.5 * jnp.sum(z * z, -1) - self.flow.input_dim * _HALF_LOG_2PI + ladj
+        lp = self._base_log_prob(z) + ladj
         return jnp.broadcast_to(lp, jnp.broadcast_shapes(lp.shape, self.batch_shape))
 
     def tree_flatten(self):
