@@ -89,7 +89,10 @@ class Additive(Transformer):
 
 
 class RQSpline(Transformer):
-    """Monotone rational-quadratic spline with identity tails (Durkan et al. 2019); ``num_params = 3K - 1``."""
+    """Monotone rational-quadratic spline with identity tails (Durkan et al. 2019); ``num_params = 3K - 1``.
+
+    Oriented as :class:`pyroflows.transforms.transformers.RQSpline`: the spline maps data to noise (densities use
+    its direct formula), :meth:`forward` (noise to data) is its closed-form root."""
 
     name = "spline"
 
@@ -105,11 +108,11 @@ class RQSpline(Transformer):
         return {"count_bins": self.count_bins, "bound": self.bound}
 
     def forward(self, x: Array, params: Array) -> tuple[Array, Array]:
-        return F_rqs.rqs_forward(x, params, self.bound)
+        y, ld = F_rqs.rqs_inverse(x, params, self.bound)
+        return y, -ld
 
     def inverse(self, y: Array, params: Array) -> tuple[Array, Array]:
-        x, ld = F_rqs.rqs_inverse(y, params, self.bound)
-        return x, -ld
+        return F_rqs.rqs_forward(y, params, self.bound)
 
 
 def make_transformer(spec: str | dict | Transformer, **kwargs: Any) -> Transformer:
