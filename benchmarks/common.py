@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
-
-import torch
+from typing import Any
 
 # ------------------------------------------------------------------------------------------------ optional imports
 
@@ -47,9 +46,11 @@ def package_version(dist_name: str) -> str | None:
 # ------------------------------------------------------------------------------------------------ timing
 
 
-def device_sync(device: torch.device) -> Callable[[], None]:
+def device_sync(device: Any) -> Callable[[], None]:
     """A function that waits for queued work on ``device`` (a no-op on the CPU), for honest wall-clock timings."""
     if device.type == "cuda":
+        import torch
+
         return lambda: torch.cuda.synchronize(device)
     return lambda: None
 
@@ -160,8 +161,13 @@ def _git_commit(repo: Path) -> str | None:
     return out.stdout.strip() or None
 
 
-def machine_info(device: torch.device) -> dict:
-    """What RESULTS.md needs to say where the figures come from: hardware, load, thread count, versions, date."""
+def machine_info(device: Any = "cpu", packages: Sequence[str] = ("pyroflows", "torch", "pyro-ppl", "zuko", "nflows",
+                                                                   "numpy")) -> dict:
+    """What RESULTS.md needs to say where the figures come from: hardware, load, thread count, versions, date.
+
+    ``device`` is a torch device (the torch benchmarks) or a string such as ``"cpu"`` (the JAX ones); ``packages``
+    are the distributions whose versions are recorded.
+    """
     try:
         usable_cores = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -170,23 +176,27 @@ def machine_info(device: torch.device) -> dict:
         load = list(os.getloadavg())
     except OSError:
         load = None
-    info = {
+    torch_threads, gpu = None, None
+    if "torch" in packages:
+        import torch
+
+        torch_threads = torch.get_num_threads()
+        if getattr(device, "type", None) == "cuda":
+            gpu = torch.cuda.get_device_name(device)
+    return {
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "usable_cores": usable_cores,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch_threads,
         "load_average_1_5_15": load,
         "platform": platform.platform(),
         "python": platform.python_version(),
         "device": str(device),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "gpu": gpu,
         "git_commit": _git_commit(Path(__file__).resolve().parent.parent),
-        "versions": {
-            name: package_version(name) for name in ("pyroflows", "torch", "pyro-ppl", "zuko", "nflows", "numpy")
-        },
+        "versions": {name: package_version(name) for name in packages},
     }
-    return info
 
 
 # ------------------------------------------------------------------------------------------------ tables
