@@ -17,7 +17,7 @@ venv: $(PY)
 
 install: $(PY)
 	$(PIP) install --quiet -c $(CONSTRAINTS) torch==2.13.0
-	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[pyro,numpyro,examples,test]"
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[pyro,numpyro,arviz,examples,test]"
 
 demo: install
 	$(PY) examples/quickstart.py
@@ -31,6 +31,7 @@ test: install lint
 bench: install
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[peers]"
 	$(PY) benchmarks/speed.py
+	$(PY) benchmarks/speed_jax.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -40,6 +40,10 @@ would hand back the previous step's output (whose graph ``backward`` has already
 tensor were scored again, and these transforms have no public ``clear_cache``. So Pyro's step scores
 ``x.clone()``, a fresh tensor (a 16 KiB copy, negligible), which misses the stale entry.
 
+``maf_train`` also times a reference row that is not a library, ``floor (unmasked)``: the same five 8 -> 64 -> 64 ->
+16 networks and affine maps with the masks (and everything else a library adds) removed. No MAF of this architecture
+can train faster than this floor; ``ours/floor`` says how much of a step is overhead above it.
+
 For pyroflows and zuko ``flow()`` (building the distribution) is called inside every step and every sampling call,
 as in their documented training loops.
 """
@@ -49,6 +53,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -85,6 +90,7 @@ CONSISTENCY_TOL = 1e-2  # nats, float32; a wrong sampler is off by O(1)
 SEED = 0
 
 OURS = "pyroflows"
+FLOOR = "floor (unmasked)"  # a reference row, not a library: see build_floor
 
 # ================================================================================================ models
 
@@ -182,11 +188,37 @@ def build_pyro(kind: str, device: torch.device) -> Model:
     return Model(list(modules.parameters()), lambda x: dist.log_prob(x.clone()), lambda n: dist.sample((n,)))
 
 
+def build_floor(kind: str, device: torch.device) -> Model:
+    """Not a flow: the MAF's arithmetic with the autoregressive masks removed (5 x plain MLP 8 -> 64 -> 64 -> 16, an
+    affine map of the data with ``exp`` scales, the order reversed between layers, a standard normal log-density).
+    It does the same matrix products as every MAF here with no masking, no parameter handling and no checks: the
+    floor under what any MAF training step of this size can cost on this machine."""
+    if kind != "maf":
+        raise NotImplementedError("the floor is defined for the affine MAF only")
+    nets = torch.nn.ModuleList([
+        torch.nn.Sequential(torch.nn.Linear(INPUT_DIM, HIDDEN[0]), torch.nn.ReLU(), torch.nn.Linear(*HIDDEN),
+                            torch.nn.ReLU(), torch.nn.Linear(HIDDEN[1], 2 * INPUT_DIM))
+        for _ in range(NUM_TRANSFORMS)]).to(device)
+
+    def log_prob(x: Tensor) -> Tensor:
+        z, total = x, 0.0
+        for i, net in enumerate(nets):
+            if i > 0:
+                z = z.flip(-1)
+            shift, log_scale = net(z).chunk(2, -1)
+            z = (z - shift) * torch.exp(-log_scale)
+            total = total - log_scale.sum(-1)
+        return total - 0.5 * (z * z).sum(-1) - INPUT_DIM * 0.5 * math.log(2 * math.pi)
+
+    return Model(list(nets.parameters()), log_prob, lambda n: torch.randn(n, INPUT_DIM, device=device))
+
+
 @dataclass(frozen=True)
 class Library:
     name: str
     module: str  # what must import for the library to count as installed
     build: Callable[[str, torch.device], Model]
+    only: tuple[str, ...] | None = None  # the benchmark keys it takes part in (None: all)
 
 
 LIBRARIES = (
@@ -194,6 +226,7 @@ LIBRARIES = (
     Library("zuko", "zuko", build_zuko),
     Library("nflows", "nflows", build_nflows),
     Library("pyro", "pyro", build_pyro),
+    Library(FLOOR, "torch", build_floor, ("maf_train",)),
 )
 
 # ================================================================================================ benchmarks
@@ -295,6 +328,8 @@ def run_benchmark(bench: Benchmark, libraries: Sequence[Library], status: dict[s
     entries: dict[str, dict] = {}
     cases: list[Case] = []
     for lib in libraries:
+        if lib.only is not None and bench.key not in lib.only:
+            continue
         entry = entries[lib.name] = {"status": status[lib.name]}
         if status[lib.name] != "ok":
             continue
