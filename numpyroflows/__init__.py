@@ -1,15 +1,25 @@
 """numpyroflows: normalizing flows for NumPyro (JAX), the mirror of :mod:`pyroflows`.
 
-The whole pyroflows catalogue (kernels, transforms, recipes) exists under the same names, with parity tests against
-pyroflows; the JAX test suite of its own, the SVI integration and the benchmarks are still to come (issue 3).
+The whole pyroflows catalogue (kernels, transforms, recipes) exists under the same names and parameter layout, with
+parity tests against pyroflows. Flows are pytrees; ``numpyroflows.module("flow", flow)`` registers one inside a NumPyro
+model or guide; ``AutoFlowGuide(model)`` is a drop-in autoguide; ``vi_diagnostics`` / ``to_inference_data`` give PSIS
+k̂ and an ArviZ ``InferenceData`` for any guide::
+
+    from numpyroflows import flows
+    flow = flows.NSF(input_dim=5, key=jax.random.key(0))
+    d = flow()                      # a NumPyro Distribution
+    d.log_prob(x); d.sample(key, (n,)); d.sample_and_log_prob(key, (n,))
 """
 
-from . import flows, functional, nn, transforms
+from . import diagnostics, flows, functional, infer, nn, transforms
 from ._checks import set_validation
+from .diagnostics import to_inference_data, vi_diagnostics
 from .flows import Flow, FlowDistribution
+from .infer import AutoFlowGuide
 from .io import export_params, import_params, load, module, save
 
 __version__ = "0.1.0"
 
-__all__ = ["Flow", "FlowDistribution", "export_params", "flows", "functional", "import_params", "load", "module",
-           "nn", "save", "set_validation", "transforms"]
+__all__ = ["AutoFlowGuide", "Flow", "FlowDistribution", "diagnostics", "export_params", "flows", "functional",
+           "import_params", "infer", "load", "module", "nn", "save", "set_validation", "to_inference_data",
+           "transforms", "vi_diagnostics"]

@@ -157,7 +157,18 @@ class FlowDistribution(dist.Distribution):
         z = self._base_sample(key, sample_shape)
         return chain_forward(self.flow.transforms, z, self.context)[0]
 
-    def log_prob(self, value: Array) -> Array:
+    def sample_with_intermediates(self, key: Array, sample_shape: tuple = ()) -> tuple[Array, list]:
+        """Samples and, as NumPyro's intermediates, their log-density from the same forward pass: inside a guide,
+        NumPyro's ELBO then scores the draw without the inverse pass (one pass per step for an IAF, no numerical
+        solve for planar/radial/Sylvester/BNAF)."""
+        x, log_q = self.sample_and_log_prob(key, sample_shape)
+        return x, [log_q]
+
+    def log_prob(self, value: Array, intermediates: list | None = None) -> Array:
+        """Log-density of ``value`` by the exact inverse pass, or the one carried in ``intermediates`` (from
+        :meth:`sample_with_intermediates` for this very ``value``, as NumPyro passes it)."""
+        if intermediates:
+            return intermediates[0]
         check_input(value, self.flow.input_dim, "value", f"{type(self.flow).__name__}.log_prob: ")
         z, ladj = chain_inverse(self.flow.transforms, value, self.context)
         lp = self._base_log_prob(z) + ladj

@@ -252,11 +252,15 @@ class AutoFlowGuide(AutoContinuous):
         coordinate.
 
         ``T(z)`` (the layers before the affine) is measured on antithetic draws ``±z`` (fixed seed); for a flow at the
-        identity this gives ``shift ≈ init_loc`` and ``scale ≈ init_scale`` up to ~1% of ``init_scale``."""
+        identity this gives ``shift = init_loc`` and ``scale = init_scale`` exactly."""
         *layers, affine = flow.transforms
         z = self._base_draws(flow, _DEFAULT_NUM_INIT_SAMPLES // 2)
-        x, _ = chain_forward(layers, torch.cat([z, -z]) if flow.base is None else z, None)
-        mean, sd = x.mean(0), x.std(0)
+        if flow.base is None:
+            z = torch.cat([z, -z])
+        x, _ = chain_forward(layers, z, None)
+        # for the standard normal base, the draws' own sd is divided out, so that a flow at the identity gives
+        # exactly scale = init_scale (as numpyroflows' guide does)
+        mean, sd = x.mean(0), x.std(0) / (z.std(0) if flow.base is None else 1.0)
         if not (torch.isfinite(mean).all() and torch.isfinite(sd).all() and (sd > 0).all()):
             raise ValueError("the flow's draws at initialisation are not finite or are constant in some coordinate; "
                              "check the flow (a callable `flow` must return an invertible flow)")

@@ -1,0 +1,384 @@
+"""numpyroflows.infer.AutoFlowGuide: SVI under jit with every flow, init location honoured, a known-answer conjugate
+model, constrained sites, Predictive / sample_posterior / median / quantiles, NeuTra + NUTS, and the errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax", reason="numpyroflows needs JAX (installed by `make test`)")
+import jax.numpy as jnp  # noqa: E402
+import numpyro  # noqa: E402
+import numpyro.distributions as dist  # noqa: E402
+import optax  # noqa: E402
+from numpyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO, TraceMeanField_ELBO  # noqa: E402
+from numpyro.infer.initialization import init_to_value  # noqa: E402
+from numpyro.infer.reparam import NeuTraReparam  # noqa: E402
+
+from numpyroflows import flows  # noqa: E402
+from numpyroflows.functional.affine import affine_scale  # noqa: E402
+from numpyroflows.infer import FLOWS, AutoFlowGuide  # noqa: E402
+from numpyroflows.infer.autoguide import _inverse_affine_scale  # noqa: E402
+
+# ------------------------------------------------------------------------------------------------------ models
+# A constrained model: a location and a positive scale (LogNormal prior) of Gaussian data, plus a HalfNormal site.
+X_OBS = np.random.default_rng(0).normal(1.0, 0.5, size=40)
+
+
+def constrained_model(x=None, n=40):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+    sigma = numpyro.sample("sigma", dist.LogNormal(0.0, 1.0))
+    tau = numpyro.sample("tau", dist.HalfNormal(1.0))
+    numpyro.deterministic("sigma2", sigma**2)
+    with numpyro.plate("obs", n):
+        numpyro.sample("x", dist.Normal(mu, sigma), obs=x)
+    numpyro.sample("y", dist.Normal(0.0, tau), obs=0.3)
+
+
+# A 3-D latent (a real site and a positive vector site in a plate) for the per-flow tests.
+INIT = {"a": 0.5, "b": np.array([0.5, 2.0])}
+INIT_U = np.array([0.5, math.log(0.5), math.log(2.0)])  # the init location in unconstrained space
+INIT_SCALE = 0.2
+
+
+def small_model():
+    a = numpyro.sample("a", dist.Normal(0.0, 1.0))
+    with numpyro.plate("two", 2):
+        b = numpyro.sample("b", dist.HalfNormal(2.0))
+    numpyro.sample("obs", dist.Normal(a + b.sum(), 1.0), obs=1.0)
+
+
+# Small settings per flow name, to keep compile time low.
+SMALL = {
+    "iaf": {"hidden_dims": (16, 16)},
+    "maf": {"hidden_dims": (16, 16)},
+    "nsf": {"hidden_dims": (16, 16), "count_bins": 4},
+    "spline_iaf": {"hidden_dims": (16, 16), "count_bins": 4},
+    "realnvp": {"hidden_dims": (16, 16)},
+    "nice": {"hidden_dims": (16, 16)},
+    "spline_coupling": {"hidden_dims": (16, 16), "count_bins": 4},
+    "bnaf": {"hidden_factor": 4},
+    "planar": {},
+    "radial": {},
+    "sylvester": {},
+}
+
+
+NOT_IDENTITY_AT_INIT = {"bnaf", "planar", "radial", "sylvester"}
+
+
+@jax.jit
+def _sample_4000(posterior, key):
+    """4000 draws of a FlowDistribution, compiled as one program (cheaper than op-by-op dispatch)."""
+    return posterior.sample(key, (4000,))
+
+
+def _is_buffer(name: str) -> bool:
+    return name.endswith("perm") or name.endswith("initialized")
+
+
+# ------------------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def trained():
+    """The default flow (small) trained on the constrained model: (guide, params, losses)."""
+    guide = AutoFlowGuide(constrained_model, num_transforms=2, hidden_dims=(16, 16))
+    steps = 1500
+    optim = numpyro.optim.optax_to_numpyro(optax.adam(optax.exponential_decay(0.02, steps, 0.05)))
+    svi = SVI(constrained_model, guide, optim, Trace_ELBO(num_particles=4))
+    result = svi.run(jax.random.PRNGKey(0), steps, jnp.asarray(X_OBS), progress_bar=False)
+    return guide, result.params, np.asarray(result.losses)
+
+
+# ------------------------------------------------------------------------------------------------------ every flow
+def test_the_flow_table_is_the_shared_one():
+    assert list(FLOWS) == ["iaf", "maf", "nsf", "spline_iaf", "realnvp", "nice", "spline_coupling", "bnaf", "planar",
+                           "radial", "sylvester"]
+    assert set(SMALL) == set(FLOWS)
+
+
+@pytest.mark.parametrize("name", list(FLOWS))
+def test_every_flow_starts_at_init_loc_and_trains_under_jit(name):
+    guide = AutoFlowGuide(small_model, name, num_transforms=1, init_loc_fn=init_to_value(values=INIT),
+                          init_scale=INIT_SCALE, **SMALL[name])
+    svi = SVI(small_model, guide, numpyro.optim.Adam(0.02), Trace_ELBO())
+    state = svi.init(jax.random.PRNGKey(0))
+    p0 = svi.get_params(state)
+    assert guide.latent_dim == 3
+
+    # At init the draws of u have mean init location and sd init_scale (the affine absorbs a non-identity start).
+    n = 4000
+    u = np.asarray(_sample_4000(guide.get_posterior(p0), jax.random.PRNGKey(1)))
+    se = INIT_SCALE * math.sqrt(1 / n + 1 / 4096)  # this sample and the guide's initialisation sample
+    np.testing.assert_allclose(u.mean(0), INIT_U, atol=5 * se + 1e-4)
+    np.testing.assert_allclose(u.std(0), INIT_SCALE, rtol=0.07)
+
+    if name not in NOT_IDENTITY_AT_INIT:
+        # T starts at the identity: the final affine holds init_loc and init_scale themselves
+        last = max(int(k.split(".")[1]) for k in p0 if k.endswith("head.shift"))
+        np.testing.assert_allclose(np.asarray(p0[f"auto_flow$transforms.{last}.head.shift"]), INIT_U, atol=2e-3)
+        scale = affine_scale(p0[f"auto_flow$transforms.{last}.head.raw_scale"])
+        np.testing.assert_allclose(np.asarray(scale), INIT_SCALE, rtol=5e-3)
+
+    update = jax.jit(svi.update)
+    losses = []
+    for _ in range(3):
+        state, loss = update(state)
+        losses.append(float(loss))
+    assert all(math.isfinite(v) for v in losses), f"{name}: losses {losses}"
+    p1 = svi.get_params(state)
+    flow_keys = [k for k in p0 if k.startswith("auto_flow$")]
+    assert flow_keys and set(flow_keys) == set(p1)
+    unchanged = [k for k in flow_keys if not _is_buffer(k) and np.array_equal(np.asarray(p0[k]), np.asarray(p1[k]))]
+    assert not unchanged, f"{name}: parameters not updated: {unchanged}"
+
+
+def test_init_scale_maps_to_the_affine_raw_scale():
+    for s in (0.002, 0.1, 1.0, 7.5):
+        assert float(affine_scale(_inverse_affine_scale(jnp.asarray(s)))) == pytest.approx(s, rel=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------------ known answer
+MU0 = np.array([1.0, -1.0])
+SIGMA0 = np.array([[4.0, 1.0], [1.0, 3.0]])
+SIGMA = np.array([[4.0, 2.4], [2.4, 2.25]])
+
+
+def conjugate_model(data):
+    z = numpyro.sample("z", dist.MultivariateNormal(jnp.asarray(MU0), jnp.asarray(SIGMA0)))
+    with numpyro.plate("data", data.shape[0]):
+        numpyro.sample("x", dist.MultivariateNormal(z, jnp.asarray(SIGMA)), obs=data)
+
+
+def test_default_guide_recovers_the_exact_gaussian_posterior():
+    # z ~ N(mu0, Sigma0), x_i | z ~ N(z, Sigma): the posterior is N(m, C), C = (Sigma0^-1 + n Sigma^-1)^-1,
+    # m = C (Sigma0^-1 mu0 + Sigma^-1 sum_i x_i).
+    rng = np.random.default_rng(1)
+    data = np.array([0.5, 1.5]) + rng.normal(size=(20, 2)) @ np.linalg.cholesky(SIGMA).T
+    cov = np.linalg.inv(np.linalg.inv(SIGMA0) + len(data) * np.linalg.inv(SIGMA))
+    mean = cov @ (np.linalg.solve(SIGMA0, MU0) + np.linalg.solve(SIGMA, data.sum(0)))
+
+    guide = AutoFlowGuide(conjugate_model)  # all defaults: iaf, 3 transforms, hidden (32, 32), init_to_median
+    steps = 3000
+    optim = numpyro.optim.optax_to_numpyro(optax.adam(optax.exponential_decay(0.02, steps, 0.01)))
+    svi = SVI(conjugate_model, guide, optim, Trace_ELBO(num_particles=16))
+    result = svi.run(jax.random.PRNGKey(1), steps, jnp.asarray(data), progress_bar=False)
+    assert math.isfinite(float(result.losses[-1]))
+
+    n = 20_000
+    z = np.asarray(guide.sample_posterior(jax.random.PRNGKey(2), result.params, sample_shape=(n,))["z"])
+    assert z.shape == (n, 2)
+    sd = np.sqrt(np.diag(cov))
+    # 4 Monte Carlo standard errors plus 0.1 sd (0.1 sd_i sd_j) for the noisy end point of SVI, as in
+    # tests/test_numpyro_integration.py; the guide can represent the posterior exactly.
+    tol_mean = 4 * sd / math.sqrt(n) + 0.1 * sd
+    assert np.all(np.abs(z.mean(0) - mean) <= tol_mean), f"mean {z.mean(0)} vs exact {mean}"
+    emp = np.cov(z.T)
+    tol_cov = 4 * np.sqrt((np.outer(np.diag(cov), np.diag(cov)) + cov**2) / n) + 0.1 * np.outer(sd, sd)
+    assert np.all(np.abs(emp - cov) <= tol_cov), f"covariance {emp} vs exact {cov}"
+    # the posterior over u is the same distribution (z is unconstrained)
+    u = np.asarray(guide.get_posterior(result.params).sample(jax.random.PRNGKey(4), (n,)))
+    assert np.all(np.abs(u.mean(0) - mean) <= tol_mean)
+
+
+# ------------------------------------------------------------------------------------------------------ constrained
+def test_constrained_model_trains_and_respects_the_support(trained):
+    guide, params, losses = trained
+    assert np.all(np.isfinite(losses))
+    assert losses[-100:].mean() < losses[:10].mean() - 5.0
+    draws = guide.sample_posterior(jax.random.PRNGKey(5), params, sample_shape=(2000,))
+    assert set(draws) >= {"mu", "sigma", "tau"}
+    assert draws["sigma"].shape == (2000,)
+    assert bool(jnp.all(draws["sigma"] > 0)) and bool(jnp.all(draws["tau"] > 0))
+    np.testing.assert_allclose(np.asarray(draws["sigma2"]), np.asarray(draws["sigma"]) ** 2, rtol=1e-5)
+    # posterior of mu ~ N(mean(x), sd(x)^2/n) roughly; of sigma near sd(x)
+    assert abs(float(draws["mu"].mean()) - X_OBS.mean()) < 0.1
+    assert abs(float(draws["sigma"].mean()) - X_OBS.std()) < 0.12
+    assert 0.02 < float(draws["mu"].std()) < 0.2
+
+
+def test_get_posterior_transform_and_the_reused_density_agree(trained):
+    guide, params, _ = trained
+    post = guide.get_posterior(params)
+    assert isinstance(post, flows.FlowDistribution)
+    assert post.event_shape == (guide.latent_dim,)
+    base = guide.get_base_dist()
+    assert base.event_shape == (guide.latent_dim,)
+
+    @jax.jit
+    def check(params, key):
+        t, post = guide.get_transform(params), guide.get_posterior(params)
+        with numpyro.handlers.substitute(data=params):
+            own = guide._get_posterior()  # what the guide samples from inside SVI
+        u, inter = own.sample_with_intermediates(key, (16,))
+        z = t.inv(u)
+        by_jacobian = base.log_prob(z) - t.log_abs_det_jacobian(z, u)
+        return u, t(z), inter[0], own.log_prob(u, inter), post.log_prob(u), by_jacobian
+
+    u, u_again, reused, reused_again, exact, by_jacobian = check(params, jax.random.PRNGKey(6))
+    assert u.shape == (16, guide.latent_dim)
+    np.testing.assert_allclose(np.asarray(u_again), np.asarray(u), atol=1e-4)  # T(T^-1(u)) = u
+    # the log-density of the guide's own draw (reused from its forward pass) is the exact one (inverse pass)
+    np.testing.assert_allclose(np.asarray(reused), np.asarray(exact), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(reused_again), np.asarray(reused))
+    np.testing.assert_allclose(np.asarray(exact), np.asarray(by_jacobian), rtol=1e-4, atol=1e-4)
+
+
+def test_median_and_quantiles(trained):
+    guide, params, _ = trained
+    q = guide.quantiles(params, [0.05, 0.5, 0.95])
+    med = guide.median(params)
+    for site in ("mu", "sigma", "tau"):
+        assert q[site].shape == (3,)
+        assert bool(jnp.all(jnp.diff(q[site]) > 0)), f"{site}: quantiles {q[site]} not increasing"
+        np.testing.assert_allclose(np.asarray(med[site]), np.asarray(q[site][1]), rtol=1e-6)
+    assert float(q["sigma"][0]) > 0 and float(q["tau"][0]) > 0
+    draws = guide.sample_posterior(jax.random.PRNGKey(7), params, sample_shape=(4000,))
+    for site in ("mu", "sigma"):
+        ref = np.quantile(np.asarray(draws[site]), [0.05, 0.5, 0.95])
+        spread = ref[2] - ref[0]
+        np.testing.assert_allclose(np.asarray(q[site]), ref, atol=0.08 * spread)
+    # deterministic (fixed seed): the same answer twice
+    np.testing.assert_array_equal(np.asarray(guide.median(params)["mu"]), np.asarray(med["mu"]))
+    with pytest.raises(ValueError, match=r"quantiles must lie in \[0, 1\]"):
+        guide.quantiles(params, [0.5, 1.5])
+
+
+def test_predictive_with_the_guide(trained):
+    guide, params, _ = trained
+    pred = Predictive(constrained_model, guide=guide, params=params, num_samples=50, return_sites=["x", "sigma"])
+    out = pred(jax.random.PRNGKey(8), None, n=40)
+    assert out["x"].shape == (50, 40)
+    assert out["sigma"].shape == (50,)
+    assert bool(jnp.all(jnp.isfinite(out["x"])))
+    # the predictive draws are centred on the data
+    assert abs(float(out["x"].mean()) - X_OBS.mean()) < 0.2
+
+
+def test_trace_mean_field_elbo_trains(trained):
+    guide, params, losses = trained
+    svi = SVI(constrained_model, guide, numpyro.optim.Adam(1e-3), TraceMeanField_ELBO(num_particles=4))
+    result = svi.run(jax.random.PRNGKey(9), 50, jnp.asarray(X_OBS), progress_bar=False, init_params=params)
+    assert np.all(np.isfinite(result.losses))
+    # starting from the trained guide, the mean-field ELBO estimates the same (trained) loss
+    assert abs(float(np.mean(result.losses)) - float(losses[-200:].mean())) < 2.0
+
+
+def test_neutra_reparam_with_nuts(trained):
+    guide, params, _ = trained
+    neutra = NeuTraReparam(guide, params)
+    model = neutra.reparam(constrained_model)
+    mcmc = MCMC(NUTS(model), num_warmup=100, num_samples=200, progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(10), jnp.asarray(X_OBS))
+    latent = mcmc.get_samples()["auto_shared_latent"]
+    assert latent.shape == (200, guide.latent_dim)
+    # the trained guide whitens the posterior: the shared latent is close to N(0, I)
+    sd = np.asarray(latent.std(0))
+    assert np.all((sd > 0.6) & (sd < 1.5)), f"shared latent sd {sd}"
+    samples = neutra.transform_sample(latent)
+    assert samples["sigma"].shape == (200,)
+    assert bool(jnp.all(samples["sigma"] > 0)) and bool(jnp.all(samples["tau"] > 0))
+    assert abs(float(samples["mu"].mean()) - X_OBS.mean()) < 0.15
+    assert abs(float(samples["sigma"].mean()) - X_OBS.std()) < 0.15
+
+
+def test_callable_flow_with_a_custom_base_and_prefix():
+    def make_flow(d):  # RealNVP layers on a wider normal base
+        base = dist.Normal(jnp.zeros(d), 2.0).to_event(1)
+        return flows.Flow(flows.RealNVP(d, num_transforms=1, hidden_dims=(8, 8)).transforms, base=base)
+
+    guide = AutoFlowGuide(small_model, make_flow, prefix="g", init_loc_fn=init_to_value(values=INIT),
+                          init_scale=INIT_SCALE)
+    svi = SVI(small_model, guide, numpyro.optim.Adam(0.01), Trace_ELBO())
+    params = svi.get_params(svi.init(jax.random.PRNGKey(0)))
+    assert params and all(k.startswith("g_flow$") for k in params)
+    np.testing.assert_array_equal(np.asarray(guide.get_base_dist().base_dist.scale), 2.0)
+    u = np.asarray(_sample_4000(guide.get_posterior(params), jax.random.PRNGKey(1)))
+    np.testing.assert_allclose(u.mean(0), INIT_U, atol=0.02)
+    np.testing.assert_allclose(u.std(0), INIT_SCALE, rtol=0.07)
+
+
+def test_subsampled_observations_with_global_latents_are_fine():
+    def model(x):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+        with numpyro.plate("n", x.shape[0], subsample_size=10) as idx:
+            numpyro.sample("x", dist.Normal(mu, 1.0), obs=x[idx])
+
+    guide = AutoFlowGuide(model, "radial", num_transforms=1)
+    svi = SVI(model, guide, numpyro.optim.Adam(0.01), Trace_ELBO())
+    params = svi.get_params(svi.init(jax.random.PRNGKey(0), jnp.asarray(X_OBS)))
+    assert guide.latent_dim == 1
+    assert {"auto_flow$transforms.1.head.shift", "auto_flow$transforms.1.head.raw_scale"} <= set(params)
+
+
+# ------------------------------------------------------------------------------------------------------ errors
+def _init(guide, model, *args):
+    return SVI(model, guide, numpyro.optim.Adam(0.01), Trace_ELBO()).init(jax.random.PRNGKey(0), *args)
+
+
+def test_discrete_latent_site_is_refused_with_the_fix():
+    def model():
+        z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+        k = numpyro.sample("k", dist.Bernoulli(0.3))
+        numpyro.sample("x", dist.Normal(z + k, 1.0), obs=0.5)
+
+    with pytest.raises(ValueError, match=r"latent site 'k' is discrete.*TraceEnum_ELBO.*hide=\['k'\]"):
+        _init(AutoFlowGuide(model), model)
+
+
+def test_latent_in_subsampled_plate_is_refused_with_the_fix():
+    def model(x):
+        with numpyro.plate("data", x.shape[0], subsample_size=5) as idx:
+            z = numpyro.sample("z_local", dist.Normal(0.0, 1.0))
+            numpyro.sample("x", dist.Normal(z, 1.0), obs=x[idx])
+
+    with pytest.raises(ValueError, match=r"'z_local' is inside plate 'data' subsampled to 5 of 40.*AutoNormal"):
+        _init(AutoFlowGuide(model), model, jnp.asarray(X_OBS))
+
+
+def test_model_without_latent_is_refused():
+    def model():
+        numpyro.sample("x", dist.Normal(0.0, 1.0), obs=0.5)
+
+    with pytest.raises(ValueError, match="no latent sample site.*empty guide"):
+        _init(AutoFlowGuide(model), model)
+
+
+def test_unknown_flow_name_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown flow 'glow'.*'iaf'.*'sylvester'"):
+        AutoFlowGuide(small_model, "glow")
+
+
+def test_bad_flow_kwargs_are_refused():
+    with pytest.raises(TypeError, match=r"flow 'iaf' \(IAF\) takes no argument\(s\) \['num_bins'\].*count_bins"):
+        AutoFlowGuide(small_model, "iaf", num_bins=4)
+    with pytest.raises(TypeError, match=r"flow 'bnaf' \(BNAF\) takes no hidden_dims.*hidden_factor"):
+        AutoFlowGuide(small_model, "bnaf", hidden_dims=(8, 8))
+    with pytest.raises(TypeError, match=r"sets \['input_dim'\] itself"):
+        AutoFlowGuide(small_model, "nsf", input_dim=3)
+    with pytest.raises(TypeError, match="apply to named flows only"):
+        AutoFlowGuide(small_model, lambda d: flows.IAF(d), count_bins=4)
+    with pytest.raises(ValueError, match="init_scale must be a number > 0.001"):
+        AutoFlowGuide(small_model, init_scale=0.0)
+    with pytest.raises(ValueError, match="num_transforms must be a positive integer"):
+        AutoFlowGuide(small_model, num_transforms=0)
+
+
+def test_callable_returning_a_wrong_flow_is_refused():
+    with pytest.raises(ValueError, match=r"input_dim=2, context_dim=0; this model needs input_dim=3"):
+        _init(AutoFlowGuide(small_model, lambda d: flows.IAF(2, num_transforms=1, hidden_dims=(8,))), small_model)
+
+
+def test_coupling_flow_on_a_one_dimensional_latent_names_the_fix():
+    def model():
+        z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+        numpyro.sample("x", dist.Normal(z, 1.0), obs=0.5)
+
+    with pytest.raises(ValueError, match="coupling layers, which need a latent of size >= 2.*flow='iaf'"):
+        _init(AutoFlowGuide(model, "realnvp"), model)
+
+
+def test_posterior_before_the_first_call_says_what_to_do():
+    with pytest.raises(RuntimeError, match="built on its first call: run SVI.init"):
+        AutoFlowGuide(small_model).get_posterior({})
