@@ -43,15 +43,29 @@ def _data(folder: str) -> dict:
     return json.loads((DATA / folder / "data.json").read_text())
 
 
+def _pyro_flat(support, event_shape: tuple = ()):
+    """Stan's implicit flat prior as a Pyro ``ImproperUniform`` whose ``sample`` returns the point that maps to zero
+    in unconstrained space: Pyro's init strategies (``init_to_feasible``, ``init_to_median``) call ``sample``, which
+    ``ImproperUniform`` refuses. (NumPyro's init strategies handle ``ImproperUniform`` themselves.)"""
+    import pyro.distributions as dist
+    import torch
+    from torch.distributions import biject_to
+
+    class Flat(dist.ImproperUniform):
+        def sample(self, sample_shape=()):
+            return biject_to(self.support)(torch.zeros(self.shape(torch.Size(sample_shape))))
+
+    return Flat(support, (), event_shape)
+
+
 def flatten_draws(draws: dict[str, np.ndarray], names: set[str] | None = None) -> dict[str, np.ndarray]:
     """``{site: (S, *shape)}`` -> ``{"site" or "site[i]" (1-based, Stan's naming): (S,)}``, keeping ``names`` only."""
     out = {}
     for site, v in draws.items():
-        v = np.asarray(v)
-        if v.ndim == 1:
-            out[site] = v
+        flat = np.asarray(v).reshape(len(v), -1)  # Pyro's Predictive pads scalars with plate dims: (S, 1, ...)
+        if flat.shape[1] == 1:
+            out[site] = flat[:, 0]
         else:
-            flat = v.reshape(v.shape[0], -1)
             for i in range(flat.shape[1]):
                 out[f"{site}[{i + 1}]"] = flat[:, i]
     return out if names is None else {k: v for k, v in out.items() if k in names}
@@ -104,7 +118,7 @@ def kidiq() -> Posterior:
         import torch
         from torch.distributions import constraints
 
-        beta = pyro.sample("beta", dist.ImproperUniform(constraints.real, (), (2,)))
+        beta = pyro.sample("beta", _pyro_flat(constraints.real, (2,)))
         sigma = pyro.sample("sigma", dist.HalfCauchy(2.5))
         with pyro.plate("N", len(kid)):
             mean = beta[..., :1] + beta[..., 1:] * torch.as_tensor(mom, dtype=beta.dtype)
@@ -138,8 +152,8 @@ def earnings() -> Posterior:
         import torch
         from torch.distributions import constraints
 
-        beta = pyro.sample("beta", dist.ImproperUniform(constraints.real, (), (4,)))
-        sigma = pyro.sample("sigma", dist.ImproperUniform(constraints.positive, (), ()))
+        beta = pyro.sample("beta", _pyro_flat(constraints.real, (4,)))
+        sigma = pyro.sample("sigma", _pyro_flat(constraints.positive))
         with pyro.plate("N", len(log_earn)):
             mean = (beta[..., None, :] * torch.as_tensor(design, dtype=beta.dtype)).sum(-1)
             pyro.sample("log_earn", dist.Normal(mean, sigma[..., None]),
@@ -191,8 +205,8 @@ def garch() -> Posterior:
         from torch.distributions import constraints
 
         yt = torch.as_tensor(y)
-        mu = pyro.sample("mu", dist.ImproperUniform(constraints.real, (), ()))
-        alpha0 = pyro.sample("alpha0", dist.ImproperUniform(constraints.positive, (), ()))
+        mu = pyro.sample("mu", _pyro_flat(constraints.real))
+        alpha0 = pyro.sample("alpha0", _pyro_flat(constraints.positive))
         alpha1 = pyro.sample("alpha1", dist.Uniform(0.0, 1.0))
         u = pyro.sample("beta1_unit", dist.Uniform(0.0, 1.0))
         beta1 = pyro.deterministic("beta1", (1 - alpha1) * u)

@@ -224,13 +224,17 @@ class AutoFlowGuide(AutoContinuous):
             kwargs["hidden_dims"] = self._hidden_dims or (width,) * _DEFAULT_HIDDEN_LAYERS
         return recipe(latent_dim, key=key, **kwargs)
 
-    def _check_sites(self, *args: Any, **kwargs: Any) -> None:
-        """Run the model once (blocked) and raise an error that names the fix for a discrete latent site, a latent
-        site inside a subsampled plate, or a model without latent sites."""
+    def _seeded_trace(self, *args: Any, **kwargs: Any) -> dict:
+        """One blocked run of the model from its prior (for error messages when NumPyro's own set-up fails)."""
         key = numpyro.prng_key()
         with handlers.block():
-            trace = handlers.trace(handlers.seed(self.model, _SEED if key is None else key)).get_trace(
+            return handlers.trace(handlers.seed(self.model, _SEED if key is None else key)).get_trace(
                 *args, **kwargs)
+
+    @staticmethod
+    def _check_sites(trace: dict) -> None:
+        """Raise an error that names the fix for a discrete latent site, a latent site inside a subsampled plate, or
+        a model without latent sites."""
         full_sizes = {name: site["args"][0] for name, site in trace.items() if site["type"] == "plate"}
         latent = [site for site in trace.values()
                   if site["type"] == "sample" and not site["is_observed"]
@@ -263,8 +267,19 @@ class AutoFlowGuide(AutoContinuous):
             )
 
     def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:
-        self._check_sites(*args, **kwargs)
-        super()._setup_prototype(*args, **kwargs)
+        try:
+            super()._setup_prototype(*args, **kwargs)
+        except Exception:
+            try:  # NumPyro's own error may be obscure (e.g. for a discrete site): raise ours where we have one
+                trace = self._seeded_trace(*args, **kwargs)
+            except Exception:
+                trace = None
+            if trace is not None:
+                self._check_sites(trace)
+            raise
+        # the prototype trace comes from NumPyro's initialisation (init_loc_fn), so that sites which cannot be
+        # sampled (ImproperUniform) are fine
+        self._check_sites(self.prototype_trace)
         key = numpyro.prng_key()
         k_flow, k_init = jax.random.split(jax.random.PRNGKey(_SEED) if key is None else key)
         init_loc = jnp.asarray(self._init_latent)
