@@ -68,6 +68,7 @@ def pyro_guides() -> dict[str, Callable]:
         "AutoFlowGuide (default)": AutoFlowGuide,
         "AutoFlowGuide(nsf)": lambda m: AutoFlowGuide(m, flow="nsf"),
         "AutoFlowGuide(spline_iaf)": lambda m: AutoFlowGuide(m, flow="spline_iaf"),
+        "AutoFlowGuide(init_scale=1)": lambda m: AutoFlowGuide(m, init_scale=1.0),
     }
 
 
@@ -118,6 +119,7 @@ def numpyro_guides() -> dict[str, Callable]:
         "AutoFlowGuide(nsf)": lambda m: AutoFlowGuide(m, flow="nsf"),
         "AutoFlowGuide(spline_iaf)": lambda m: AutoFlowGuide(m, flow="spline_iaf"),
         "AutoFlowGuide(bnaf)": lambda m: AutoFlowGuide(m, flow="bnaf"),
+        "AutoFlowGuide(init_scale=1)": lambda m: AutoFlowGuide(m, init_scale=1.0),
     }
 
 
