@@ -78,7 +78,8 @@ def run_pyro(steps: int) -> dict:
     for _ in range(4):  # four sequential chains (multiprocessing chains need a __main__ guard and more memory)
         mcmc.run(sigma, y)
         results.setdefault("_chains", []).append({k: v.numpy() for k, v in mcmc.get_samples().items()})
-    draws = {k: np.stack([c[k] for c in results.pop("_chains")]) for k in ("mu", "tau", "eta")}
+    chains = results.pop("_chains")
+    draws = {k: np.stack([c[k] for c in chains]) for k in ("mu", "tau", "eta")}
     draws["theta"] = draws["mu"][..., None] + draws["tau"][..., None] * draws["eta"]
     results["NUTS"] = {"time": time.perf_counter() - start, "idata": az.from_dict(posterior=draws), "khat": None}
 
