@@ -246,7 +246,8 @@ def funnel(dim: int = 10) -> Posterior:
 
         v = pyro.sample("v", dist.Normal(0.0, 3.0))
         with pyro.plate("i", dim - 1):
-            pyro.sample("x", dist.Normal(0.0, (v / 2).exp()[..., None]))
+            # no [..., None]: with vectorized particles v is (P, 1), the batch dim left of the plate
+            pyro.sample("x", dist.Normal(0.0, (v / 2).exp()))
 
     def numpyro_model():
         import jax.numpy as jnp
