@@ -121,8 +121,8 @@ def kidiq() -> Posterior:
         beta = pyro.sample("beta", _pyro_flat(constraints.real, (2,)))
         sigma = pyro.sample("sigma", dist.HalfCauchy(2.5))
         with pyro.plate("N", len(kid)):
-            mean = beta[..., :1] + beta[..., 1:] * torch.as_tensor(mom, dtype=beta.dtype)
-            pyro.sample("kid_score", dist.Normal(mean, sigma[..., None]), obs=torch.as_tensor(kid, dtype=beta.dtype))
+            mean = beta[..., 0] + beta[..., 1] * torch.as_tensor(mom, dtype=beta.dtype)
+            pyro.sample("kid_score", dist.Normal(mean, sigma), obs=torch.as_tensor(kid, dtype=beta.dtype))
 
     def numpyro_model():
         import jax.numpy as jnp
@@ -133,8 +133,8 @@ def kidiq() -> Posterior:
         beta = numpyro.sample("beta", dist.ImproperUniform(constraints.real, (), (2,)))
         sigma = numpyro.sample("sigma", dist.HalfCauchy(2.5))
         with numpyro.plate("N", len(kid)):
-            mean = beta[..., :1] + beta[..., 1:] * jnp.asarray(mom)
-            numpyro.sample("kid_score", dist.Normal(mean, sigma[..., None]), obs=jnp.asarray(kid))
+            mean = beta[..., 0] + beta[..., 1] * jnp.asarray(mom)
+            numpyro.sample("kid_score", dist.Normal(mean, sigma), obs=jnp.asarray(kid))
 
     return Posterior("kidiq_momiq", 3, pyro_model, numpyro_model, _reference(folder))
 
@@ -155,8 +155,8 @@ def earnings() -> Posterior:
         beta = pyro.sample("beta", _pyro_flat(constraints.real, (4,)))
         sigma = pyro.sample("sigma", _pyro_flat(constraints.positive))
         with pyro.plate("N", len(log_earn)):
-            mean = (beta[..., None, :] * torch.as_tensor(design, dtype=beta.dtype)).sum(-1)
-            pyro.sample("log_earn", dist.Normal(mean, sigma[..., None]),
+            mean = (beta * torch.as_tensor(design, dtype=beta.dtype)).sum(-1)
+            pyro.sample("log_earn", dist.Normal(mean, sigma),
                         obs=torch.as_tensor(log_earn, dtype=beta.dtype))
 
     def numpyro_model():
@@ -168,8 +168,8 @@ def earnings() -> Posterior:
         beta = numpyro.sample("beta", dist.ImproperUniform(constraints.real, (), (4,)))
         sigma = numpyro.sample("sigma", dist.ImproperUniform(constraints.positive, (), ()))
         with numpyro.plate("N", len(log_earn)):
-            mean = jnp.sum(beta[..., None, :] * jnp.asarray(design), -1)
-            numpyro.sample("log_earn", dist.Normal(mean, sigma[..., None]), obs=jnp.asarray(log_earn))
+            mean = jnp.sum(beta * jnp.asarray(design), -1)
+            numpyro.sample("log_earn", dist.Normal(mean, sigma), obs=jnp.asarray(log_earn))
 
     return Posterior("earnings_interaction", 5, pyro_model, numpyro_model, _reference(folder))
 
@@ -192,10 +192,10 @@ def garch() -> Posterior:
         """sigma_t² for t = 2..T: the linear recursion ``v_t = alpha0 + alpha1 (y_{t-1} - mu)² + beta1 v_{t-1}``,
         ``v_1 = sigma1²``, unrolled as ``v_{j+2} = beta1^{j+1} sigma1² + Σ_{s<=j} beta1^{j-s} (alpha0 + alpha1
         (y_{s+1} - mu)²)`` (0-based j, s) so that both backends stay vectorised over draws."""
-        drive = alpha0[..., None] + alpha1[..., None] * (y[:-1] - mu[..., None]) ** 2  # (..., T-1)
-        log_b = xp.log(beta1)[..., None, None]
+        drive = alpha0 + alpha1 * (y[:-1] - mu) ** 2  # (..., T-1)
+        log_b = xp.log(beta1)[..., None]
         weights = xp.exp(log_b * xp.asarray(lag, dtype=drive.dtype)) * xp.asarray(below, dtype=drive.dtype)
-        carried = xp.exp(log_b[..., 0] * xp.asarray(np.arange(1, t + 1), dtype=drive.dtype)) * sigma1**2
+        carried = xp.exp(xp.log(beta1) * xp.asarray(np.arange(1, t + 1), dtype=drive.dtype)) * sigma1**2
         return (weights * drive[..., None, :]).sum(-1) + carried
 
     def pyro_model():
@@ -214,7 +214,7 @@ def garch() -> Posterior:
         var = variance(mu, alpha0, alpha1, beta1, yt.to(mu.dtype), torch)
         scale = torch.cat([torch.full_like(var[..., :1], sigma1), var.sqrt()], -1)
         with pyro.plate("T", len(y)):
-            pyro.sample("y", dist.Normal(mu[..., None], scale), obs=yt.to(mu.dtype))
+            pyro.sample("y", dist.Normal(mu, scale), obs=yt.to(mu.dtype))
 
     def numpyro_model():
         import jax.numpy as jnp
@@ -232,7 +232,7 @@ def garch() -> Posterior:
         var = variance(mu, alpha0, alpha1, beta1, yj, jnp)
         scale = jnp.concatenate([jnp.full_like(var[..., :1], sigma1), jnp.sqrt(var)], -1)
         with numpyro.plate("T", len(y)):
-            numpyro.sample("y", dist.Normal(mu[..., None], scale), obs=yj)
+            numpyro.sample("y", dist.Normal(mu, scale), obs=yj)
 
     return Posterior("garch11", 4, pyro_model, numpyro_model, _reference(folder))
 
@@ -256,7 +256,7 @@ def funnel(dim: int = 10) -> Posterior:
 
         v = numpyro.sample("v", dist.Normal(0.0, 3.0))
         with numpyro.plate("i", dim - 1):
-            numpyro.sample("x", dist.Normal(0.0, jnp.exp(v / 2)[..., None]))
+            numpyro.sample("x", dist.Normal(0.0, jnp.exp(v / 2)))
 
     ref = {"v": (0.0, 3.0), **{f"x[{i + 1}]": (0.0, math.exp(2.25)) for i in range(dim - 1)}}
     return Posterior(f"funnel{dim}", dim, pyro_model, numpyro_model, ref)
