@@ -58,6 +58,17 @@ def _pyro_flat(support, event_shape: tuple = ()):
     return Flat(support, (), event_shape)
 
 
+def _pyro_vector(value):
+    """A vector-valued global site ``(..., K)`` with the singleton dim of the plates in front of its event dim.
+
+    Pyro's autoguides hand such a site back as ``(S, 1, K)`` under some vectorized plates and ``(S, K)`` under others
+    (e.g. AutoNormal inside ``Predictive(parallel=True)``); the model needs ``(S, 1, K)`` so that ``S`` stays left of
+    the data plate."""
+    if value.dim() >= 2 and value.shape[-2] != 1:
+        value = value.unsqueeze(-2)
+    return value
+
+
 def flatten_draws(draws: dict[str, np.ndarray], names: set[str] | None = None) -> dict[str, np.ndarray]:
     """``{site: (S, *shape)}`` -> ``{"site" or "site[i]" (1-based, Stan's naming): (S,)}``, keeping ``names`` only."""
     out = {}
@@ -121,7 +132,8 @@ def kidiq() -> Posterior:
         beta = pyro.sample("beta", _pyro_flat(constraints.real, (2,)))
         sigma = pyro.sample("sigma", dist.HalfCauchy(2.5))
         with pyro.plate("N", len(kid)):
-            mean = beta[..., 0] + beta[..., 1] * torch.as_tensor(mom, dtype=beta.dtype)
+            b = _pyro_vector(beta)
+            mean = b[..., 0] + b[..., 1] * torch.as_tensor(mom, dtype=beta.dtype)
             pyro.sample("kid_score", dist.Normal(mean, sigma), obs=torch.as_tensor(kid, dtype=beta.dtype))
 
     def numpyro_model():
@@ -155,7 +167,7 @@ def earnings() -> Posterior:
         beta = pyro.sample("beta", _pyro_flat(constraints.real, (4,)))
         sigma = pyro.sample("sigma", _pyro_flat(constraints.positive))
         with pyro.plate("N", len(log_earn)):
-            mean = (beta * torch.as_tensor(design, dtype=beta.dtype)).sum(-1)
+            mean = (_pyro_vector(beta) * torch.as_tensor(design, dtype=beta.dtype)).sum(-1)
             pyro.sample("log_earn", dist.Normal(mean, sigma),
                         obs=torch.as_tensor(log_earn, dtype=beta.dtype))
 
