@@ -176,6 +176,36 @@ def test_loop_fallback_for_a_model_that_cannot_vectorise():
     assert idata.log_likelihood["x"].dims == ("chain", "draw", "data")
 
 
+def test_misaligned_batch_dims_are_caught_on_a_small_probe(monkeypatch):
+    """``scale[..., None]`` on a global site puts the draws left of an extra dim: vectorised, the draws broadcast
+    against each other (S x S x N). The probe on 3 draws catches it, so the full S is never allocated, and the loop
+    gives each draw its own weight."""
+    import pyroflows.diagnostics.arviz as A
+
+    data = torch.randn(30, dtype=torch.float64)
+    prior, q = dist.LogNormal(torch.tensor(0.0, dtype=torch.float64), 1.0), dist.LogNormal(
+        torch.tensor(0.1, dtype=torch.float64), 0.2)
+
+    def model(x):
+        scale = pyro.sample("scale", prior)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(0.0, scale[..., None]), obs=x)
+
+    def guide(x):
+        pyro.sample("scale", q)
+
+    sizes = []
+    real = A._evaluate_vectorised
+    monkeypatch.setattr(A, "_evaluate_vectorised", lambda *a, **k: (sizes.append(a[4]), real(*a, **k))[1])
+    pyro.set_rng_seed(0)
+    with pytest.warns(UserWarning, match="one draw at a time"):
+        idata = to_inference_data(guide, model, data, num_samples=500)
+    assert sizes == [3]  # only the probe ran vectorised
+    scale = torch.as_tensor(idata.posterior["scale"].values.ravel())
+    expected = (dist.Normal(0.0, scale[:, None]).log_prob(data).sum(-1) + prior.log_prob(scale) - q.log_prob(scale))
+    assert np.allclose(idata.sample_stats["log_weight"].values.ravel(), expected.numpy(), atol=1e-8)
+
+
 # ------------------------------------------------------------------------------------------ eight schools
 Y = torch.tensor([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
 SIGMA = torch.tensor([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])

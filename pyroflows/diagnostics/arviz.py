@@ -27,6 +27,7 @@ from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from ._common import DrawRecord, Site, VIDiagnostics, build_inference_data, check_counts, resample_indices, site_dims
 
 _DRAWS_PLATE = "_num_draws"
+_PROBE_DRAWS = 3  # draws of the vectorisation probe (not 1: a size-1 draws dim would hide a wrong broadcast)
 
 
 class _NotVectorisable(Exception):
@@ -237,6 +238,10 @@ def _evaluate(guide, model, args, kwargs, num: int, predictive: bool) -> DrawRec
         sites = _site_table(model_tr)
         nest = _max_plate_nesting(guide_tr, model_tr)
         try:
+            # a probe on a few draws first: a model whose batch dims are not aligned to its plates broadcasts the draws
+            # against each other (an S x S x ... tensor), which the shape checks reject, but only after it has been
+            # allocated; on _PROBE_DRAWS draws that costs nothing, on all of them it can exhaust the memory
+            _evaluate_vectorised(guide, model, args, kwargs, min(num, _PROBE_DRAWS), nest, sites, False)
             return _evaluate_vectorised(guide, model, args, kwargs, num, nest, sites, predictive)
         except Exception as err:  # any failure of the vectorised pass: fall back to the exact loop
             msg = str(err).splitlines()[0] if str(err) else ""
