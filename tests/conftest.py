@@ -13,3 +13,15 @@ torch.set_num_threads(1)
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def fresh_param_store():
+    """An empty Pyro parameter store and a fixed Pyro seed for the test, emptied again afterwards (for the modules
+    that train Pyro guides: ``pytestmark = pytest.mark.usefixtures("fresh_param_store")``)."""
+    import pyro
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    yield
+    pyro.clear_param_store()

@@ -24,15 +24,8 @@ from pyroflows.diagnostics import VIDiagnostics, psis, to_inference_data, verdic
 matplotlib.use("Agg")
 az = pytest.importorskip("arviz")
 # every model here vectorises except the one that tests the fallback (which expects the warning with pytest.warns)
-pytestmark = pytest.mark.filterwarnings("error:.*one draw at a time")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_param_store():
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    yield
-    pyro.clear_param_store()
+pytestmark = [pytest.mark.filterwarnings("error:.*one draw at a time"),
+              pytest.mark.usefixtures("fresh_param_store")]
 
 
 # ------------------------------------------------------------------------------------------ conjugate Gaussian

@@ -30,15 +30,8 @@ NAMES = list(FLOWS)
 SMALL = {name: ({"hidden_factor": 4} if name == "bnaf" else {"hidden_dims": (16, 16)}) for name in NAMES}
 
 
-@pytest.fixture(autouse=True)
-def _fresh_param_store():
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    yield
-    pyro.clear_param_store()
-
-
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:DeprecationWarning"),
+              pytest.mark.usefixtures("fresh_param_store")]
 
 
 def _jit_elbo(**kwargs) -> JitTrace_ELBO:

@@ -18,13 +18,7 @@ from pyro.optim import Adam, ClippedAdam
 from pyroflows import flows
 from pyroflows import transforms as T
 
-
-@pytest.fixture(autouse=True)
-def _fresh_param_store():
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    yield
-    pyro.clear_param_store()
+pytestmark = pytest.mark.usefixtures("fresh_param_store")
 
 
 def _std_normal(d: int, dtype=torch.float32) -> dist.Distribution:
