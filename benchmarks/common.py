@@ -199,6 +199,51 @@ def machine_info(device: Any = "cpu", packages: Sequence[str] = ("pyroflows", "t
     }
 
 
+# ------------------------------------------------------------------------------------------------ targets
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One workload: ``key`` names it on the command line, ``kind`` picks the model, ``op`` the unit of work."""
+
+    key: str
+    title: str
+    kind: str
+    op: str
+
+
+def evaluate_targets(results: dict[str, dict], targets: Sequence[tuple[str, str, float]], ours: str
+                     ) -> list[dict]:
+    """PASS/MISS for each ``(benchmark key, peer, largest acceptable ours/peer ratio)`` from the run's results (the
+    median of per-round ratios), or why it could not be judged."""
+    out = []
+    for key, peer, goal in targets:
+        row = {"benchmark": key, "peer": peer, "target": goal, "measured": None, "result": None}
+        res = results.get(key)
+        if res is None:
+            row["result"] = "not run"
+        elif peer not in res["ratios_ours_over_peer"]:
+            why = res["libraries"].get(peer, {}).get("status", "?")
+            mine = res["libraries"].get(ours, {}).get("status", "?")
+            row["result"] = f"n/a ({ours}: {mine})" if mine != "ok" else f"n/a ({peer}: {why})"
+        else:
+            row["measured"] = res["ratios_ours_over_peer"][peer]["median"]
+            row["result"] = "PASS" if row["measured"] <= goal else "MISS"
+        out.append(row)
+    return out
+
+
+def print_targets(targets: list[dict], benchmarks: Sequence[Benchmark]) -> None:
+    """The table of :func:`evaluate_targets`."""
+    print("\n== Targets from the project issue (ours/peer, median of per-round ratios)")
+    rows = []
+    for t in targets:
+        title = next(b.title for b in benchmarks if b.key == t["benchmark"])
+        measured = "-" if t["measured"] is None else f"{t['measured']:.2f}x"
+        rows.append([title, t["peer"], f"<= {t['target']:.2f}x", measured, t["result"]])
+    print(format_table(["benchmark", "peer", "target", "measured", "result"], rows, align="llrrl"))
+
+
 # ------------------------------------------------------------------------------------------------ tables
 
 
@@ -231,7 +276,7 @@ def fmt_ratio(stats: dict[str, float] | None) -> str:
 
 
 __all__ = [
-    "Case", "calibrate_inner", "device_sync", "fmt_ms", "fmt_ratio", "format_table", "machine_info",
-    "optional_import", "package_version", "per_round_ratios", "prepare", "quantile", "run_interleaved",
-    "summarize", "time_call",
+    "Benchmark", "Case", "calibrate_inner", "device_sync", "evaluate_targets", "fmt_ms", "fmt_ratio", "format_table",
+    "machine_info", "optional_import", "package_version", "per_round_ratios", "prepare", "print_targets", "quantile",
+    "run_interleaved", "summarize", "time_call",
 ]

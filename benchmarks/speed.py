@@ -61,8 +61,10 @@ from pathlib import Path
 
 import torch
 from common import (
+    Benchmark,
     Case,
     device_sync,
+    evaluate_targets,
     fmt_ms,
     fmt_ratio,
     format_table,
@@ -70,6 +72,7 @@ from common import (
     optional_import,
     per_round_ratios,
     prepare,
+    print_targets,
     run_interleaved,
     summarize,
 )
@@ -232,14 +235,6 @@ LIBRARIES = (
 # ================================================================================================ benchmarks
 
 
-@dataclass(frozen=True)
-class Benchmark:
-    key: str
-    title: str
-    kind: str  # "maf" | "nsf"
-    op: str  # "train" | "sample"
-
-
 BENCHMARKS = (
     Benchmark("maf_train", f"MAF training step (batch {BATCH})", "maf", "train"),
     Benchmark("nsf_train", f"NSF training step (batch {BATCH})", "nsf", "train"),
@@ -396,35 +391,6 @@ def print_benchmark(result: dict) -> None:
         print(line)
 
 
-def evaluate_targets(results: dict[str, dict]) -> list[dict]:
-    out = []
-    for key, peer, goal in TARGETS:
-        row = {"benchmark": key, "peer": peer, "target": goal, "measured": None, "result": None}
-        res = results.get(key)
-        if res is None:
-            row["result"] = "not run"
-        elif peer not in res["ratios_ours_over_peer"]:
-            why = res["libraries"].get(peer, {}).get("status", "?")
-            ours = res["libraries"].get(OURS, {}).get("status", "?")
-            row["result"] = f"n/a ({OURS}: {ours})" if ours != "ok" else f"n/a ({peer}: {why})"
-        else:
-            measured = res["ratios_ours_over_peer"][peer]["median"]
-            row["measured"] = measured
-            row["result"] = "PASS" if measured <= goal else "MISS"
-        out.append(row)
-    return out
-
-
-def print_targets(targets: list[dict]) -> None:
-    print("\n== Targets from the project issue (ours/peer, median of per-round ratios)")
-    rows = []
-    for t in targets:
-        title = next(b.title for b in BENCHMARKS if b.key == t["benchmark"])
-        measured = "-" if t["measured"] is None else f"{t['measured']:.2f}x"
-        rows.append([title, t["peer"], f"<= {t['target']:.2f}x", measured, t["result"]])
-    print(format_table(["benchmark", "peer", "target", "measured", "result"], rows, align="llrrl"))
-
-
 def print_machine(info: dict) -> None:
     v = info["versions"]
     print(f"pyroflows speed benchmark  {info['date_utc']}  device={info['device']}"
@@ -493,8 +459,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results[bench.key] = run_benchmark(bench, LIBRARIES, status, device, x, repeats, warmup, min_time)
         print_benchmark(results[bench.key])
 
-    targets = evaluate_targets(results)
-    print_targets(targets)
+    targets = evaluate_targets(results, TARGETS, OURS)
+    print_targets(targets, BENCHMARKS)
     print("\nratio = our time / peer time, computed per round and summarised by the median [quartiles]; "
           "< 1 means pyroflows is faster")
 

@@ -48,7 +48,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from common import (
+    Benchmark,
     Case,
+    evaluate_targets,
     fmt_ms,
     fmt_ratio,
     format_table,
@@ -56,6 +58,7 @@ from common import (
     optional_import,
     per_round_ratios,
     prepare,
+    print_targets,
     run_interleaved,
     summarize,
 )
@@ -236,14 +239,6 @@ LIBRARIES = (
 # ================================================================================================ benchmarks
 
 
-@dataclass(frozen=True)
-class Benchmark:
-    key: str
-    title: str
-    kind: str  # "maf" | "nsf" | "iaf" | "bnaf"
-    op: str  # "train" | "sample" | "vi"
-
-
 BENCHMARKS = (
     Benchmark("maf_train", f"MAF training step (batch {BATCH})", "maf", "train"),
     Benchmark("nsf_train", f"NSF training step (batch {BATCH})", "nsf", "train"),
@@ -372,27 +367,6 @@ def print_benchmark(result: dict) -> None:
         print(line)
 
 
-def evaluate_targets(results: dict[str, dict]) -> list[dict]:
-    out = []
-    for key, peer, goal in TARGETS:
-        row = {"benchmark": key, "peer": peer, "target": goal, "measured": None, "result": "not run"}
-        res = results.get(key)
-        if res is not None and peer in res["ratios_ours_over_peer"]:
-            row["measured"] = res["ratios_ours_over_peer"][peer]["median"]
-            row["result"] = "PASS" if row["measured"] <= goal else "MISS"
-        elif res is not None:
-            row["result"] = f"n/a ({peer}: {res['libraries'].get(peer, {}).get('status', '?')})"
-        out.append(row)
-    return out
-
-
-def print_targets(targets: list[dict]) -> None:
-    print("\n== Targets from the project issue (ours/peer, median of per-round ratios)")
-    rows = [[next(b.title for b in BENCHMARKS if b.key == t["benchmark"]), t["peer"], f"<= {t['target']:.2f}x",
-             "-" if t["measured"] is None else f"{t['measured']:.2f}x", t["result"]] for t in targets]
-    print(format_table(["benchmark", "peer", "target", "measured", "result"], rows, align="llrrl"))
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -426,8 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                            QUICK_MIN_SAMPLE_TIME if args.quick else MIN_SAMPLE_TIME,
                                            1 if args.quick else WARMUP)
         print_benchmark(results[bench.key])
-    targets = evaluate_targets(results)
-    print_targets(targets)
+    targets = evaluate_targets(results, TARGETS, OURS)
+    print_targets(targets, BENCHMARKS)
     print("\nratio = our time / peer time per round, median [quartiles]; < 1 means numpyroflows is faster; "
           "compile s = first call (trace + XLA compile), not in the ratios")
     if args.json is not None:
