@@ -1,0 +1,388 @@
+"""``FlowEncoder``: an amortized posterior ``q(z | x)`` for variational autoencoders in NumPyro, a flow on top of a
+diagonal Gaussian whose mean and scale a network computes from ``x``.
+
+Mirrors :mod:`pyroflows.infer.encoder` (same names, arguments, defaults and parameter names, plus a PRNG ``key``).
+The encoder is a JAX pytree whose leaves are its parameters (the feature network's and the flow's);
+``numpyroflows.module("encoder", encoder)`` registers them with ``numpyro.param`` inside a guide.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._checks import _all_finite
+from ..flows import recipes
+from ..flows.core import Flow, FlowDistribution
+from ..functional.affine import MIN_SCALE
+from ..nn.mlp import get_activation, linear_init
+from ..transforms.base import default_key
+from ..transforms.linear import DiagonalAffine
+
+Array = jax.Array
+
+#: name -> (recipe, fixed keyword arguments), as :data:`pyroflows.infer.encoder.ENCODER_FLOWS`.
+ENCODER_FLOWS: dict[str, tuple[type[Flow] | None, dict[str, Any]]] = {
+    "diagonal": (None, {}),
+    "iaf": (recipes.IAF, {"transformer": "affine"}),
+    "spline_iaf": (recipes.IAF, {"transformer": "spline"}),
+    "maf": (recipes.MAF, {"transformer": "affine"}),
+    "planar": (recipes.Planar, {}),
+    "radial": (recipes.Radial, {}),
+    "sylvester": (recipes.Sylvester, {}),
+}
+_DEFAULT_NUM_TRANSFORMS = {"iaf": 2, "spline_iaf": 2, "maf": 2, "planar": 8, "radial": 8, "sylvester": 4}
+_AUTOREGRESSIVE = {"iaf", "spline_iaf", "maf"}
+_DEFAULT_HIDDEN_MIN = 64
+_DEFAULT_HIDDEN_PER_DIM = 4
+_SET_BY_ENCODER = {"input_dim", "context_dim", "key"}
+
+
+def _recipe_arguments(recipe: type[Flow]) -> set[str]:
+    params = inspect.signature(recipe.__init__).parameters
+    return {n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+def _inverse_affine_scale(scale: float) -> float:
+    """``raw`` with ``affine_scale(raw) = scale`` (:func:`numpyroflows.functional.affine.affine_scale`)."""
+    def softplus_inv(y: float) -> float:
+        return y + math.log(-math.expm1(-y))
+    return softplus_inv(scale - MIN_SCALE) - softplus_inv(1.0 - MIN_SCALE)
+
+
+# --------------------------------------------------------------------------------------------------- feature MLP
+@jax.tree_util.register_pytree_with_keys_class
+class FeatureMLP:
+    """A feature network for :class:`FlowEncoder`: ``h = σ(W_L … σ(W_1 x + b_1) … + b_L)``, an MLP whose every layer,
+    the last included, is followed by the activation; a callable pytree of its parameters (like an Equinox module).
+
+    Args:
+        in_features: size of ``x`` (its last axis).
+        hidden_dims: widths of the layers; the last one is the feature size (``out_features``).
+        activation: one of ``relu``, ``elu``, ``tanh``, ``gelu``, ``silu``.
+        key: PRNG key of the initial weights (drawn like ``torch.nn.Linear``; ``PRNGKey(0)`` if None).
+
+    Example:
+        >>> net = FeatureMLP(784, (300, 300), key=jax.random.PRNGKey(0))
+        >>> net(jnp.ones((5, 784))).shape
+        (5, 300)
+
+    Parameters (``net.params``): ``layers.{i}.weight`` (``(out, in)``) and ``layers.{i}.bias``, as in pyroflows'
+    ``FeatureMLP``.
+    """
+
+    def __init__(self, in_features: int, hidden_dims: Sequence[int] = (300, 300), activation: str = "relu", *,
+                 key: Array | None = None) -> None:
+        widths = (int(in_features),) + tuple(int(h) for h in hidden_dims)
+        if len(widths) < 2 or min(widths) < 1:
+            raise ValueError(f"FeatureMLP needs in_features >= 1 and at least one hidden width >= 1, got "
+                             f"in_features={in_features}, hidden_dims={tuple(hidden_dims)}")
+        get_activation(activation)
+        self.in_features, self.out_features, self.activation = widths[0], widths[-1], activation
+        keys = jax.random.split(default_key(key), len(widths) - 1)
+        self.params: dict[str, Array] = {}
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            self.params[f"layers.{i}.weight"], self.params[f"layers.{i}.bias"] = linear_init(keys[i], a, b)
+
+    def __call__(self, x: Array) -> Array:
+        act = get_activation(self.activation)
+        i = 0
+        while f"layers.{i}.weight" in self.params:
+            x = act(x @ self.params[f"layers.{i}.weight"].T + self.params[f"layers.{i}.bias"])
+            i += 1
+        return x
+
+    def tree_flatten_with_keys(self):
+        names = tuple(self.params)
+        children = tuple((jax.tree_util.DictKey(k), self.params[k]) for k in names)
+        return children, (names, self.in_features, self.out_features, self.activation)
+
+    @classmethod
+    def tree_unflatten(cls, aux, leaves):
+        names, new = aux[0], object.__new__(cls)
+        new.in_features, new.out_features, new.activation = aux[1:]
+        new.params = dict(zip(names, leaves))
+        return new
+
+    def __repr__(self) -> str:
+        return f"FeatureMLP(in_features={self.in_features}, out_features={self.out_features}, " \
+               f"activation={self.activation!r})"
+
+
+# --------------------------------------------------------------------------------------------------- encoder
+def _is_param(leaf: Any) -> bool:
+    return isinstance(leaf, (jax.Array, np.ndarray)) and jnp.issubdtype(leaf.dtype, jnp.inexact)
+
+
+def _leaf_name(path: tuple) -> str:
+    name = jax.tree_util.keystr(path, simple=True, separator=".")
+    return f"net.{name}" if name else "net"
+
+
+@jax.tree_util.register_pytree_node_class
+class FlowEncoder:
+    """An amortized variational posterior ``q(z | x)``: a flow, conditioned on features ``h = net(x)``, on top of a
+    diagonal Gaussian whose mean and scale are linear in ``h`` (Kingma et al. 2016). NumPyro twin of
+    :class:`pyroflows.infer.FlowEncoder`.
+
+    ``z = T_K ∘ … ∘ T_1(μ(h) + σ(h) ⊙ ε; h)``, ``ε ~ N(0, I)``, with ``(μ, log-scale) = W h + b`` (``σ = 1e-3 +
+    softplus``) and flow layers ``T_k`` whose parameters are computed from ``h``. The chain is one numpyroflows
+    :class:`~numpyroflows.flows.Flow` (``encoder.flow``) whose first layer is a
+    :class:`~numpyroflows.transforms.DiagonalAffine` with a single linear layer from ``h``; ``encoder(x)`` is a
+    :class:`~numpyroflows.flows.FlowDistribution` with ``batch_shape = h.shape[:-1]``, ``event_shape =
+    (latent_dim,)``, whose draws inside a guide carry their log-density to NumPyro's ELBO (one forward pass per step).
+
+    The feature network ``net`` is either
+
+    * a callable pytree ``net(x) -> h`` whose floating-point array leaves are its parameters: :class:`FeatureMLP`, an
+      Equinox module (its layers take one example, so batch it: ``equinox.filter_vmap(equinox.nn.MLP(...,
+      final_activation=jax.nn.relu))`` is again a module; Equinox is not needed otherwise), or any registered pytree
+      with ``__call__``; a plain function is a network without parameters;
+    * or a pair ``(apply_fn, params)`` with ``apply_fn(params, x) -> h`` and ``params`` any pytree of arrays: Flax
+      ``(model.apply, variables)``, ``jax.example_libraries.stax`` ``(apply_fn, params)``, Haiku
+      ``(hk.without_apply_rng(f).apply, params)``.
+
+    Either way its parameters are part of :attr:`params` (named ``"net.<path>"``), so
+    ``numpyroflows.module("encoder", encoder)`` registers them with NumPyro and SVI trains them with the flow.
+
+    Flows, defaults and initialisation are those of :class:`pyroflows.infer.FlowEncoder` (``"diagonal"``, ``"iaf"``
+    (default), ``"spline_iaf"``, ``"maf"``, ``"planar"``, ``"radial"``, ``"sylvester"``, or a callable
+    ``(latent_dim, context_dim) -> Flow``; ``num_transforms`` 2 autoregressive / 8 planar, radial / 4 Sylvester;
+    MADE widths ``max(64, 4 latent_dim)`` twice, planar/radial/Sylvester parameters linear in ``h``; mean head with
+    ``torch.nn.Linear``'s initialisation, ``σ = init_scale`` for every ``x`` at the start).
+
+    Args:
+        net: the feature network (see above).
+        latent_dim: size of ``z``.
+        flow: a name from :data:`ENCODER_FLOWS` or a callable ``(latent_dim, context_dim) -> Flow`` (a numpyroflows
+            flow with ``input_dim = latent_dim``, ``context_dim`` equal to it or 0, standard normal base).
+        feature_dim: size of ``net``'s output; ``None`` reads ``net.out_features`` (:class:`FeatureMLP`) and
+            otherwise raises: pass it.
+        num_transforms: number of flow layers (named flows).
+        hidden_dims: hidden widths of the flow's conditioners (named flows).
+        init_scale: initial ``σ`` of the Gaussian (> 1e-3).
+        key: PRNG key of the initial parameters of the head and the flow (``PRNGKey(0)`` if None).
+        **flow_kwargs: further arguments of the recipe (``count_bins``, ``bound``, ``activation``, ...).
+
+    Example:
+        >>> encoder = FlowEncoder(FeatureMLP(784, (300, 300)), latent_dim=32, flow="iaf", key=jax.random.PRNGKey(0))
+        >>> def guide(x):
+        ...     enc = numpyroflows.module("encoder", encoder)
+        ...     with numpyro.plate("data", x.shape[0]):
+        ...         numpyro.sample("z", enc(x))
+
+    Parameters (:attr:`params`, names as pyroflows' ``state_dict``): ``net.*``,
+    ``flow.transforms.0.head.net.context_layer.{weight,bias}`` (the Gaussian: rows ``:latent_dim`` the mean, the rest
+    the raw scale), ``flow.transforms.{k}.*`` (the flow layers).
+
+    References: Kingma et al. (2016), "Improved Variational Inference with Inverse Autoregressive Flow"; Rezende &
+    Mohamed (2015), "Variational Inference with Normalizing Flows"; van den Berg et al. (2018), "Sylvester Normalizing
+    Flows for Variational Inference".
+    """
+
+    def __init__(
+        self,
+        net: Callable[[Array], Array] | tuple[Callable[[Any, Array], Array], Any],
+        latent_dim: int,
+        flow: str | Callable[[int, int], Flow] = "iaf",
+        *,
+        feature_dim: int | None = None,
+        num_transforms: int | None = None,
+        hidden_dims: Sequence[int] | None = None,
+        init_scale: float = 1.0,
+        key: Array | None = None,
+        **flow_kwargs: Any,
+    ) -> None:
+        if isinstance(net, tuple) and len(net) == 2 and callable(net[0]) and not callable(net):
+            apply_fn, tree = net
+        elif callable(net):
+            apply_fn, tree = None, net
+        else:
+            raise TypeError(f"net must be a callable pytree net(x) -> features (e.g. FeatureMLP, an Equinox module) "
+                            f"or a pair (apply_fn, params) with apply_fn(params, x) -> features, got "
+                            f"{type(net).__name__}")
+        if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
+            raise ValueError(f"latent_dim must be a positive integer, got {latent_dim!r}")
+        if feature_dim is None:
+            feature_dim = getattr(tree, "out_features", None) if apply_fn is None else None
+            if not isinstance(feature_dim, int):
+                raise TypeError(f"cannot read the feature size of {type(net).__name__} (it has no integer "
+                                "`out_features`): pass feature_dim=<size of the features' last axis>")
+        if isinstance(feature_dim, bool) or not isinstance(feature_dim, int) or feature_dim < 1:
+            raise ValueError(f"feature_dim must be a positive integer, got {feature_dim!r}")
+        if isinstance(init_scale, bool) or not isinstance(init_scale, (int, float)) or not init_scale > MIN_SCALE:
+            raise ValueError(f"init_scale must be a number > {MIN_SCALE} (the floor of the scale), got {init_scale!r}")
+        k_head, k_flow = jax.random.split(default_key(key))
+        layers = _flow_layers(flow, latent_dim, feature_dim, num_transforms, hidden_dims, flow_kwargs, k_flow)
+        gaussian = _init_gaussian(latent_dim, feature_dim, float(init_scale), k_head)
+        self.flow = Flow([gaussian, *layers])
+        self.latent_dim, self.feature_dim = latent_dim, feature_dim
+        self.flow_name = flow if isinstance(flow, str) else getattr(flow, "__name__", type(flow).__name__)
+        self._apply = apply_fn
+        self._in_features = getattr(tree, "in_features", None) if apply_fn is None else None
+        # the network as a tree: floating-point array leaves are parameters, other arrays ride along as leaves,
+        # anything else (activations, flags) is static
+        path_leaves, self._treedef = jax.tree_util.tree_flatten_with_path(tree)
+        kinds, names, params, arrays, static = [], [], [], [], []
+        for path, leaf in path_leaves:
+            if _is_param(leaf):
+                kinds.append("p")
+                names.append(_leaf_name(path))
+                params.append(jnp.asarray(leaf))
+            elif isinstance(leaf, (jax.Array, np.ndarray)):
+                kinds.append("a")
+                arrays.append(leaf)
+            else:
+                kinds.append("s")
+                static.append(leaf)
+        if len(set(names)) != len(names):
+            raise ValueError("the network's parameter paths are not unique; wrap its parameters in a dict")
+        self._kinds, self._names, self._static = tuple(kinds), tuple(names), tuple(static)
+        self._net_params, self._net_arrays = tuple(params), tuple(arrays)
+
+    # ------------------------------------------------------------------------------------------------- parameters
+    @property
+    def params(self) -> dict[str, Array]:
+        """All parameters: ``"net.<path>"`` (the network's floating-point leaves) and ``"flow.<name>"`` (as
+        :attr:`numpyroflows.flows.Flow.params`), named like pyroflows' ``state_dict``."""
+        out = dict(zip(self._names, self._net_params))
+        out.update({f"flow.{k}": v for k, v in self.flow.params.items()})
+        return out
+
+    def with_params(self, params: dict[str, Array]) -> FlowEncoder:
+        """The same encoder with other parameter values (names as in :attr:`params`)."""
+        expected = set(self.params)
+        missing, unexpected = sorted(expected - set(params)), sorted(set(params) - expected)
+        if missing or unexpected:
+            raise ValueError(f"parameter names do not match this encoder: missing {missing}, unexpected {unexpected}")
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new._net_params = tuple(params[n] for n in self._names)
+        new.flow = self.flow.with_params({k[len("flow."):]: v for k, v in params.items() if k.startswith("flow.")})
+        return new
+
+    @property
+    def net(self) -> Any:
+        """The feature network with the current parameters (the callable pytree, or the pair ``(apply_fn, params)``)."""
+        params, arrays, static = iter(self._net_params), iter(self._net_arrays), iter(self._static)
+        leaves = [next(params) if k == "p" else next(arrays) if k == "a" else next(static) for k in self._kinds]
+        tree = jax.tree_util.tree_unflatten(self._treedef, leaves)
+        return tree if self._apply is None else (self._apply, tree)
+
+    # ------------------------------------------------------------------------------------------------- q(z | x)
+    def features(self, x: Array) -> Array:
+        """``h = net(x)``, with the checks of :meth:`__call__`."""
+        shape = jnp.shape(x)
+        if isinstance(self._in_features, int) and (len(shape) == 0 or shape[-1] != self._in_features):
+            raise ValueError(f"FlowEncoder: x has shape {tuple(shape)} but the encoder's net takes "
+                             f"{self._in_features} features: pass x of shape (..., {self._in_features})")
+        if jnp.issubdtype(jnp.result_type(x), jnp.inexact) and not _all_finite(x):
+            raise ValueError("FlowEncoder: x contains NaN or inf values: clean or impute the data first (or call "
+                             "numpyroflows.set_validation(False) to skip this check)")
+        net = self.net
+        try:
+            h = net(x) if self._apply is None else net[0](net[1], x)
+        except (TypeError, ValueError, IndexError) as err:
+            raise ValueError(f"FlowEncoder: net(x) failed for x of shape {tuple(shape)}: {err}. Check that x has the "
+                             "shape the net takes") from err
+        hshape = jnp.shape(h)
+        if len(hshape) == 0 or hshape[-1] != self.feature_dim:
+            raise ValueError(f"FlowEncoder: net(x) returned shape {tuple(hshape)}, but the encoder was built with "
+                             f"feature_dim={self.feature_dim}: build it with feature_dim equal to the size of the "
+                             "features' last axis")
+        return h
+
+    def __call__(self, x: Array) -> FlowDistribution:
+        """``q(z | x)``: a :class:`~numpyroflows.flows.FlowDistribution` with ``batch_shape = net(x).shape[:-1]`` and
+        ``event_shape = (latent_dim,)``."""
+        return self.flow(self.features(x))
+
+    # ------------------------------------------------------------------------------------------------- pytree
+    def tree_flatten(self):
+        static = tuple(sorted((k, v) for k, v in self.__dict__.items()
+                              if k not in ("flow", "_net_params", "_net_arrays")))
+        return (self._net_params, self._net_arrays, self.flow), static
+
+    @classmethod
+    def tree_unflatten(cls, static, children):
+        new = object.__new__(cls)
+        new.__dict__.update(dict(static))
+        new._net_params, new._net_arrays, new.flow = children
+        return new
+
+    def __repr__(self) -> str:
+        return f"FlowEncoder(latent_dim={self.latent_dim}, feature_dim={self.feature_dim}, flow={self.flow_name!r})"
+
+
+def _flow_layers(flow: str | Callable, latent_dim: int, feature_dim: int, num_transforms: int | None,
+                 hidden_dims: Sequence[int] | None, flow_kwargs: dict[str, Any], key: Array) -> list:
+    """The flow layers after the Gaussian (conditional on the features) for a named flow or a callable."""
+    if num_transforms is not None and (isinstance(num_transforms, bool) or not isinstance(num_transforms, int)
+                                       or num_transforms < 1):
+        raise ValueError(f"num_transforms must be a positive integer, got {num_transforms!r}")
+    if not isinstance(flow, str):
+        if not callable(flow):
+            raise TypeError(f"flow must be a name ({', '.join(ENCODER_FLOWS)}) or a callable (latent_dim, "
+                            f"context_dim) -> Flow, got {flow!r}")
+        given = sorted(flow_kwargs) + [n for n, v in (("num_transforms", num_transforms),
+                                                      ("hidden_dims", hidden_dims)) if v is not None]
+        if given:
+            raise TypeError(f"{given} apply to named flows only; with a callable `flow`, build the flow with them "
+                            "inside the callable")
+        built = flow(latent_dim, feature_dim)
+        if not isinstance(built, Flow):
+            raise TypeError(f"the `flow` callable must return a numpyroflows Flow, got {type(built).__name__}")
+        if built.input_dim != latent_dim or built.context_dim not in (0, feature_dim):
+            raise ValueError(f"the `flow` callable returned a flow with input_dim={built.input_dim}, context_dim="
+                             f"{built.context_dim}; the encoder needs input_dim={latent_dim} and context_dim="
+                             f"{feature_dim} (or 0)")
+        if built.base is not None:
+            raise ValueError("the `flow` callable returned a flow with a custom base; the encoder's flow starts from "
+                             "its Gaussian layer on a standard normal: build the flow without `base`")
+        return list(built.transforms)
+    if flow not in ENCODER_FLOWS:
+        raise ValueError(f"unknown flow {flow!r}: use one of {', '.join(repr(n) for n in ENCODER_FLOWS)}, or a "
+                         "callable (latent_dim, context_dim) -> Flow")
+    recipe, fixed = ENCODER_FLOWS[flow]
+    if recipe is None:
+        given = sorted(flow_kwargs) + (["hidden_dims"] if hidden_dims is not None else [])
+        if given or (num_transforms is not None):
+            raise TypeError(f"flow 'diagonal' has no flow layers, so it takes no {given or ['num_transforms']}")
+        return []
+    accepted = _recipe_arguments(recipe) - _SET_BY_ENCODER - {"num_transforms", "hidden_dims"} - set(fixed)
+    reserved = sorted(set(flow_kwargs) & (_SET_BY_ENCODER | set(fixed)))
+    if reserved:
+        raise TypeError(f"FlowEncoder sets {reserved} itself for flow {flow!r} (input_dim = latent_dim, context_dim "
+                        "= feature_dim, the PRNG key from key=); remove them from the arguments")
+    unknown = sorted(set(flow_kwargs) - accepted)
+    if unknown:
+        raise TypeError(f"flow {flow!r} ({recipe.__name__}) takes no argument(s) {unknown}; it accepts "
+                        f"{sorted(accepted | {'num_transforms', 'hidden_dims'})}")
+    if hidden_dims is None:
+        width = max(_DEFAULT_HIDDEN_MIN, _DEFAULT_HIDDEN_PER_DIM * latent_dim)
+        hidden_dims = (width, width) if flow in _AUTOREGRESSIVE else ()
+    n = _DEFAULT_NUM_TRANSFORMS[flow] if num_transforms is None else num_transforms
+    built = recipe(latent_dim, feature_dim, num_transforms=n, hidden_dims=tuple(int(h) for h in hidden_dims),
+                   **fixed, **flow_kwargs, key=key)
+    return list(built.transforms)
+
+
+def _init_gaussian(latent_dim: int, feature_dim: int, init_scale: float, key: Array) -> DiagonalAffine:
+    """The Gaussian layer: a :class:`DiagonalAffine` whose head is one linear layer from the features; mean rows with
+    ``torch.nn.Linear``'s initialisation (uniform in ``±1/sqrt(feature_dim)``, bias 0), scale rows with near-zero
+    weights and the bias giving ``σ = init_scale``."""
+    k_affine, k_mean = jax.random.split(key)
+    gaussian = DiagonalAffine(latent_dim, feature_dim, hidden_dims=(), key=k_affine)
+    params = dict(gaussian.params)
+    w, b = params["head.net.context_layer.weight"], params["head.net.context_layer.bias"]
+    bound = 1.0 / math.sqrt(feature_dim)
+    w = w.at[:latent_dim].set(jax.random.uniform(k_mean, (latent_dim, feature_dim), w.dtype, -bound, bound))
+    b = b.at[latent_dim:].set(_inverse_affine_scale(init_scale))
+    params["head.net.context_layer.weight"], params["head.net.context_layer.bias"] = w, b
+    return gaussian.with_params(params)
