@@ -5,9 +5,10 @@ across the flow literature: ``moons``, ``8gaussians``, ``checkerboard``, ``pinwh
 generator takes a sample size and a ``numpy.random.Generator`` and returns a ``float32`` array of shape ``(n, 2)``;
 all live roughly in ``[-4, 4]^2``.
 
-Energies are log-densities of 2-D targets for variational inference, written with torch so they can be differentiated
-and evaluated on any batch shape ``(..., 2)``. :func:`banana_log_prob` is normalized (its exact moments are in
-:data:`BANANA_MOMENTS`).
+Energies are 2-D targets for variational inference, evaluated on any batch shape ``(..., 2)``.
+:func:`banana_log_prob` (torch) is normalized (its exact moments are in :data:`BANANA_MOMENTS`). :data:`ENERGIES` holds
+the four energies ``U1``-``U4`` of Rezende & Mohamed (2015), written once for torch, JAX and numpy, with reference log
+normalizers in :data:`ENERGY_LOG_Z`.
 
 Example:
     >>> x = sample("8gaussians", 1000, seed=0)
@@ -146,3 +147,103 @@ LOG_PROBS: dict[str, Callable[[Array], Array]] = {
     "8gaussians": eight_gaussians_log_prob,
     "checkerboard": checkerboard_log_prob,
 }
+
+
+# ------------------------------------------------------------------------------------- Rezende-Mohamed energies
+def _namespace(z):
+    """The array module of ``z``: ``torch`` for tensors, ``jax.numpy`` for JAX arrays, ``numpy`` otherwise."""
+    if isinstance(z, torch.Tensor):
+        return torch
+    if type(z).__module__.startswith("jax"):
+        import jax.numpy as jnp
+
+        return jnp
+    return np
+
+
+def _w1(z0, xp):
+    return xp.sin(0.5 * math.pi * z0)
+
+
+def _w2(z0, xp):
+    return 3.0 * xp.exp(-0.5 * ((z0 - 1.0) / 0.6) ** 2)
+
+
+def _w3(z0, xp):
+    return 3.0 / (1.0 + xp.exp(-(z0 - 1.0) / 0.3))  # 3 sigmoid((z0 - 1) / 0.3)
+
+
+def energy_u1(z, xp=None):
+    """Rezende & Mohamed's ``U1``: a ring of radius 2 cut into two arcs,
+    ``((|z| - 2)/0.4)²/2 - log[exp(-((z0 - 2)/0.6)²/2) + exp(-((z0 + 2)/0.6)²/2)]``; normalizable on the plane."""
+    xp = xp or _namespace(z)
+    z0, z1 = z[..., 0], z[..., 1]
+    radius = xp.sqrt(z0 * z0 + z1 * z1)
+    arcs = xp.logaddexp(-0.5 * ((z0 - 2.0) / 0.6) ** 2, -0.5 * ((z0 + 2.0) / 0.6) ** 2)
+    return 0.5 * ((radius - 2.0) / 0.4) ** 2 - arcs
+
+
+def energy_u2(z, xp=None):
+    """Rezende & Mohamed's ``U2``: a sine wave, ``((z1 - w1(z0))/0.4)²/2`` with ``w1 = sin(π z0 / 2)``."""
+    xp = xp or _namespace(z)
+    return 0.5 * ((z[..., 1] - _w1(z[..., 0], xp)) / 0.4) ** 2
+
+
+def energy_u3(z, xp=None):
+    """Rezende & Mohamed's ``U3``: a sine wave and a bump below it,
+    ``-log[exp(-((z1 - w1)/0.35)²/2) + exp(-((z1 - w1 + w2)/0.35)²/2)]``, ``w2 = 3 exp(-((z0 - 1)/0.6)²/2)``."""
+    xp = xp or _namespace(z)
+    z0, z1 = z[..., 0], z[..., 1]
+    a = z1 - _w1(z0, xp)
+    return -xp.logaddexp(-0.5 * (a / 0.35) ** 2, -0.5 * ((a + _w2(z0, xp)) / 0.35) ** 2)
+
+
+def energy_u4(z, xp=None):
+    """Rezende & Mohamed's ``U4``: a sine wave and a step below it,
+    ``-log[exp(-((z1 - w1)/0.4)²/2) + exp(-((z1 - w1 + w3)/0.35)²/2)]``, ``w3 = 3 sigmoid((z0 - 1)/0.3)``."""
+    xp = xp or _namespace(z)
+    z0, z1 = z[..., 0], z[..., 1]
+    a = z1 - _w1(z0, xp)
+    return -xp.logaddexp(-0.5 * (a / 0.4) ** 2, -0.5 * ((a + _w3(z0, xp)) / 0.35) ** 2)
+
+
+#: The four 2-D energies of Rezende & Mohamed (2015, Table 1), ``p(z) ∝ exp(-U(z))``. Each takes ``z`` of shape
+#: ``(..., 2)`` as a torch tensor, a JAX array or a numpy array (the array module is inferred, or pass ``xp=``) and
+#: returns ``U(z)`` of shape ``(...)`` in the same library, differentiable in torch and JAX.
+ENERGIES: dict[str, Callable] = {"U1": energy_u1, "U2": energy_u2, "U3": energy_u3, "U4": energy_u4}
+
+#: Half-width of the box ``[-4, 4]²`` on which :data:`ENERGY_LOG_Z` is defined for U2-U4.
+ENERGY_BOX = 4.0
+
+#: Reference ``log Z = log ∫ exp(-U(z)) dz``. U1 is normalizable on the plane (the value is the integral over
+#: ``[-8, 8]²``, which equals the one over ``[-4, 4]²`` to 1e-8); U2-U4 are not (``exp(-U)`` does not decay along
+#: ``z0``), so their ``log Z`` is over the box ``[-ENERGY_BOX, ENERGY_BOX]² = [-4, 4]²``. Source: the project's shared
+#: data ``toy2d/rezende_U1_U4_logZ.json`` (copied here; nothing reads it at run time), computed there by a grid sum,
+#: not a closed form: ``exp(-U)`` summed over ``linspace(-a, a, 8000 a + 1)²`` times ``0.002²``. That grid includes
+#: both edges, so for U2-U4, whose mass reaches the edges of the box, it counts half a row too much on each side:
+#: the midpoint sum :func:`energy_log_z` gives values 2.5e-4 (U2, U3) and 3.4e-4 (U4) nats lower, and the same U1 to
+#: 1e-8. Gaps ``log Z - ELBO`` computed with these constants are therefore too large by at most 3.4e-4 nats.
+ENERGY_LOG_Z: dict[str, float] = {
+    "U1": 1.8775016261094883,  # plane ([-8, 8]^2)
+    "U2": 2.0823393117653346,  # box [-4, 4]^2
+    "U3": 2.6419550996150036,  # box [-4, 4]^2
+    "U4": 2.6849045481182756,  # box [-4, 4]^2
+}
+
+#: Where :data:`ENERGY_LOG_Z` integrates: ``None`` for the whole plane, else the box half-width.
+ENERGY_DOMAIN: dict[str, float | None] = {"U1": None, "U2": ENERGY_BOX, "U3": ENERGY_BOX, "U4": ENERGY_BOX}
+
+
+def energy_log_z(name: str, half_width: float = ENERGY_BOX, spacing: float = 0.002) -> float:
+    """``log ∫ exp(-U(z)) dz`` over ``[-half_width, half_width]²`` by a midpoint sum on a grid (numpy, float64)."""
+    u = ENERGIES[name]
+    centres = np.arange(-half_width + spacing / 2, half_width, spacing)
+    total = []
+    for chunk in np.array_split(centres, max(1, len(centres) // 500)):  # rows of the grid, in chunks of memory
+        z = np.stack(np.meshgrid(centres, chunk, indexing="xy"), -1)
+        neg = -u(z, np)
+        m = neg.max()
+        total.append(m + np.log(np.exp(neg - m).sum()))
+    total = np.asarray(total)
+    m = total.max()
+    return float(m + np.log(np.exp(total - m).sum()) + 2.0 * math.log(spacing))
