@@ -22,8 +22,9 @@ Models (same weight shapes everywhere; the ``params`` column shows it):
 * numpyroflows: ``flows.MAF(8, num_transforms=5, hidden_dims=(64, 64))``, ``flows.NSF(..., count_bins=8, bound=5)``,
   ``flows.IAF(8, num_transforms=5, hidden_dims=(64, 64))``, ``flows.BNAF(8, orientation="iaf", residual=None)``;
 * FlowJAX: ``masked_autoregressive_flow(key, base_dist=Normal(zeros(8)), transformer=Affine() |
-  RationalQuadraticSpline(knots=8, interval=5), flow_layers=5, nn_width=64, nn_depth=2, invert=True)`` (``invert=True``
-  is FlowJAX's density-fast orientation, ``invert=False`` the sampling-fast one used for ``iaf_vi``), and
+  RationalQuadraticSpline(knots=7, interval=5), flow_layers=5, nn_width=64, nn_depth=2, invert=True)`` (FlowJAX
+  counts inner knots: 7 give the 8 bins of the others; ``invert=True`` is FlowJAX's density-fast orientation,
+  ``invert=False`` the sampling-fast one used for ``iaf_vi``), and
   ``block_neural_autoregressive_flow(..., nn_depth=2, nn_block_dim=8, flow_layers=1, invert=False)`` for ``bnaf_vi``;
 * NumPyro: ``InverseAutoregressiveTransform`` over ``numpyro.nn.AutoregressiveNN(8, [64, 64])`` x5 with reversing
   ``PermuteTransform`` between layers, built as ``AutoIAFNormal`` builds it (``iaf_vi``), and
@@ -136,7 +137,7 @@ def build_flowjax(kind: str, key: jax.Array) -> Model:
         flow = block_neural_autoregressive_flow(key, base_dist=base, nn_depth=2, nn_block_dim=BNAF_FACTOR,
                                                 flow_layers=1, invert=False)
     else:
-        transformer = (RationalQuadraticSpline(knots=COUNT_BINS, interval=BOUND) if kind == "nsf" else Affine())
+        transformer = (RationalQuadraticSpline(knots=COUNT_BINS - 1, interval=BOUND) if kind == "nsf" else Affine())
         flow = masked_autoregressive_flow(key, base_dist=base, transformer=transformer, flow_layers=NUM_TRANSFORMS,
                                           nn_width=HIDDEN[0], nn_depth=len(HIDDEN), invert=kind != "iaf")
     # FlowJAX's own training loop: train the inexact arrays, keep NonTrainable leaves static, unwrap on use
