@@ -206,3 +206,20 @@ def test_large_batch_sampling_on_gpu(name):
         np.testing.assert_allclose(np.asarray(lp_head), np.asarray(lps[:4096]), rtol=1e-4, atol=1e-3)
         # the initial flow is within ~1e-2 of the identity: moments of a standard normal (standard error 1e-3)
         assert float(jnp.abs(mean).max()) < 0.02 and float(jnp.abs(std - 1.0).max()) < 0.03, (mean, std)
+
+
+def test_fit_on_the_gpu_follows_the_cpu_fit():
+    """``numpyroflows.fit(..., device="gpu")``: the returned parameters live on the GPU, and the fit follows the CPU fit
+    (same rows in the same order, float64) to GPU/CPU rounding."""
+    from numpyroflows import fit
+
+    data = np.random.default_rng(0).normal(size=(600, 2)) * [2.0, 0.5] + [1.0, -1.0]
+    fits = {}
+    for name, device in (("gpu", "gpu"), ("cpu", "cpu")):
+        flow = F.MAF(input_dim=2, num_transforms=2, hidden_dims=(16, 16), key=jax.random.PRNGKey(0))
+        flow = flow.with_params({k: jnp.asarray(v, jnp.float64) for k, v in flow.params.items()})
+        fits[name] = fit(flow, data, max_steps=60, batch_size=128, device=device, progress=False, seed=0)
+    (gpu_flow, gpu_hist), (cpu_flow, cpu_hist) = fits["gpu"], fits["cpu"]
+    _assert_on(gpu_flow.params, GPU, "fit(device='gpu') parameters")
+    np.testing.assert_allclose(gpu_hist.train_loss, cpu_hist.train_loss, rtol=1e-6, atol=1e-8)
+    _assert_same(gpu_flow.params, cpu_flow.params, "fit(device='gpu') vs CPU: ")
