@@ -10,7 +10,8 @@
 * :class:`numpyroflows.infer.AutoFlowGuide`: jitted SVI steps with the data on the GPU keep every parameter on the
   GPU, lower the loss, and follow the CPU run step for step;
 * sampling 2^20 points (float32, MAF / NSF / IAF with the benchmark's size) on the GPU returns finite values on the
-  GPU, with the moments of the near-identity initial flow and log-densities that ``log_prob`` reproduces.
+  GPU, with the moments of the near-identity initial flow and log-densities that ``log_prob`` reproduces;
+* ``numpyroflows.fit(..., device="gpu")`` returns parameters on the GPU and follows the CPU fit step for step.
 
 Precision: float64 runs inside ``jax.enable_x64(True)`` and float32 inside ``jax.enable_x64(False)``, scoped per test.
 (Importing the catalogue module switches x64 on globally, as that module does for itself.) GPU and CPU differ in
