@@ -23,7 +23,7 @@ from torch.distributions import constraints
 
 from pyroflows import flows
 from pyroflows.flows import FlowDistribution
-from pyroflows.functional.affine import affine_scale
+from pyroflows.functional.affine import affine_scale, affine_scale_inverse
 from pyroflows.infer import FLOWS, AutoFlowGuide
 from pyroflows.transforms.linear import DiagonalAffine, LULinear
 
@@ -717,3 +717,9 @@ def test_warm_start_errors():
         AutoFlowGuide(discrete).warm_start()
     with pytest.raises(ValueError, match=r"latent site 'k' is discrete \(Bernoulli\).*config_enumerate"):
         AutoFlowGuide(discrete, warm_start="laplace")()
+
+
+def test_init_scale_maps_to_the_affine_raw_scale():
+    for s in (0.002, 0.1, 1.0, 7.5):
+        raw = affine_scale_inverse(torch.tensor(s, dtype=torch.float64))
+        assert float(affine_scale(raw)) == pytest.approx(s, rel=1e-10)

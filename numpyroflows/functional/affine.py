@@ -32,6 +32,13 @@ def affine_scale(raw_scale: Array) -> Array:
     return MIN_SCALE + _softplus(raw_scale + _SCALE_SHIFT)
 
 
+def affine_scale_inverse(scale: Array) -> Array:
+    """The raw parameter giving ``scale``: the inverse of :func:`affine_scale`; mirrors
+    :func:`pyroflows.functional.affine.affine_scale_inverse`."""
+    y = jnp.maximum(scale - MIN_SCALE, 1e-6)
+    return y + jnp.log(-jnp.expm1(-y)) - _SCALE_SHIFT
+
+
 def affine_forward(x: Array, params: Array) -> tuple[Array, Array]:
     """``y = shift + scale·x`` and ``log scale`` (broadcast to ``y``); mirrors the torch ``affine_forward``."""
     scale = affine_scale(params[..., 1])

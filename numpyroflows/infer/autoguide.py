@@ -26,7 +26,7 @@ from numpyro.infer.initialization import init_to_median
 
 from ..flows import recipes
 from ..flows.core import Flow, FlowDistribution
-from ..functional.affine import _SCALE_SHIFT, MIN_SCALE
+from ..functional.affine import MIN_SCALE, affine_scale_inverse
 from ..io import module
 from ..transforms.base import FlowChain, chain_forward
 from ..transforms.linear import DiagonalAffine, LULinear
@@ -91,11 +91,7 @@ def _recipe_arguments(recipe: type[Flow]) -> set[str]:
     return {n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
-def _inverse_affine_scale(scale: Array) -> Array:
-    """``raw`` with ``affine_scale(raw) = MIN_SCALE + softplus(raw + c) = scale`` (inverse of
-    :func:`numpyroflows.functional.affine.affine_scale`)."""
-    y = jnp.maximum(scale - MIN_SCALE, 1e-6)
-    return y + jnp.log(-jnp.expm1(-y)) - _SCALE_SHIFT
+
 
 
 @jax.jit
@@ -513,7 +509,7 @@ class AutoFlowGuide(AutoContinuous):
         if factor is None:
             scale = self._init_scale / sd
             params["head.shift"] = (init_loc - scale * mean).astype(params["head.shift"].dtype)
-            params["head.raw_scale"] = _inverse_affine_scale(scale).astype(params["head.raw_scale"].dtype)
+            params["head.raw_scale"] = affine_scale_inverse(scale).astype(params["head.raw_scale"].dtype)
             return [affine.with_params(params)]
         packed, diag, shift, outer, clamped = _lu_placement(factor, np.asarray(mean), np.asarray(sd))
         if clamped:
@@ -525,10 +521,10 @@ class AutoFlowGuide(AutoContinuous):
         pdt = lu_params["head.shift"].dtype
         identity = jnp.arange(d, dtype=lu_params["perm"].dtype)
         lu_params.update({"perm": identity, "inv_perm": identity, "head.packed": jnp.asarray(packed, pdt),
-                          "head.raw_diag": _inverse_affine_scale(jnp.asarray(diag)).astype(pdt),
+                          "head.raw_diag": affine_scale_inverse(jnp.asarray(diag)).astype(pdt),
                           "head.shift": jnp.asarray(shift, pdt)})
         params["head.shift"] = jnp.asarray(init_loc, params["head.shift"].dtype)
-        params["head.raw_scale"] = _inverse_affine_scale(jnp.asarray(outer)).astype(params["head.raw_scale"].dtype)
+        params["head.raw_scale"] = affine_scale_inverse(jnp.asarray(outer)).astype(params["head.raw_scale"].dtype)
         return [lu.with_params(lu_params), affine.with_params(params)]
 
     # ------------------------------------------------------------------------------------------------- warm start

@@ -8,7 +8,6 @@ The encoder is a JAX pytree whose leaves are its parameters (the feature network
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,10 +19,11 @@ import numpy as np
 from .._checks import _all_finite
 from ..flows import recipes
 from ..flows.core import Flow, FlowDistribution
-from ..functional.affine import MIN_SCALE
+from ..functional.affine import MIN_SCALE, affine_scale_inverse
 from ..nn.mlp import get_activation, linear_init
 from ..transforms.base import default_key
 from ..transforms.linear import DiagonalAffine
+from .autoguide import _recipe_arguments
 
 Array = jax.Array
 
@@ -44,16 +44,10 @@ _DEFAULT_HIDDEN_PER_DIM = 4
 _SET_BY_ENCODER = {"input_dim", "context_dim", "key"}
 
 
-def _recipe_arguments(recipe: type[Flow]) -> set[str]:
-    params = inspect.signature(recipe.__init__).parameters
-    return {n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
-def _inverse_affine_scale(scale: float) -> float:
-    """``raw`` with ``affine_scale(raw) = scale`` (:func:`numpyroflows.functional.affine.affine_scale`)."""
-    def softplus_inv(y: float) -> float:
-        return y + math.log(-math.expm1(-y))
-    return softplus_inv(scale - MIN_SCALE) - softplus_inv(1.0 - MIN_SCALE)
+
+
 
 
 # --------------------------------------------------------------------------------------------------- feature MLP
@@ -383,6 +377,6 @@ def _init_gaussian(latent_dim: int, feature_dim: int, init_scale: float, key: Ar
     w, b = params["head.net.context_layer.weight"], params["head.net.context_layer.bias"]
     bound = 1.0 / math.sqrt(feature_dim)
     w = w.at[:latent_dim].set(jax.random.uniform(k_mean, (latent_dim, feature_dim), w.dtype, -bound, bound))
-    b = b.at[latent_dim:].set(_inverse_affine_scale(init_scale))
+    b = b.at[latent_dim:].set(float(affine_scale_inverse(np.float64(init_scale))))
     params["head.net.context_layer.weight"], params["head.net.context_layer.bias"] = w, b
     return gaussian.with_params(params)

@@ -23,6 +23,7 @@ import optax
 from jax import lax
 
 from ..flows.core import Flow
+from ..functional.affine import affine_scale_inverse
 from ..transforms.linear import _BUFFERS, ActNorm, DiagonalAffine, initialize_flow
 from ._fit_common import (
     _EVAL_BATCH,
@@ -47,11 +48,9 @@ def _flow_dtype(flow: Flow) -> Any:
 
 def _with_standardization(flow: Flow, mean: np.ndarray, sd: np.ndarray) -> Flow:
     """``Flow([*flow.transforms, affine], base=flow.base)`` with ``affine(y) = mean + sd ⊙ y``."""
-    from .autoguide import _inverse_affine_scale
-
     dtype = _flow_dtype(flow)
     affine = DiagonalAffine(flow.input_dim)
-    raw = _inverse_affine_scale(jnp.asarray(sd, dtype))
+    raw = affine_scale_inverse(jnp.asarray(sd, dtype))
     affine = affine.with_params({"head.shift": jnp.asarray(mean, dtype), "head.raw_scale": raw.astype(dtype)})
     return Flow([*flow.transforms, affine], base=flow.base)
 

@@ -24,6 +24,14 @@ def affine_scale(raw_scale: Tensor) -> Tensor:
     return MIN_SCALE + F.softplus(raw_scale + _SCALE_SHIFT)
 
 
+def affine_scale_inverse(scale: Tensor) -> Tensor:
+    """The raw parameter giving ``scale``: the inverse of :func:`affine_scale`, ``raw = softplus⁻¹(scale - MIN_SCALE) -
+    c`` with ``softplus⁻¹(y) = y + log(1 - e^{-y})``; scales at or below the floor map to the raw value of
+    ``MIN_SCALE + 1e-6``."""
+    y = (scale - MIN_SCALE).clamp_min(1e-6)
+    return y + torch.log(-torch.expm1(-y)) - _SCALE_SHIFT
+
+
 def affine_forward(x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
     """``y = shift + scale·x`` and ``log scale`` (broadcast to ``y``)."""
     scale = affine_scale(params[..., 1])

@@ -20,7 +20,7 @@ from torch.distributions import biject_to
 
 from ..flows import recipes
 from ..flows.core import Flow, FlowDistribution
-from ..functional.affine import MIN_SCALE
+from ..functional.affine import MIN_SCALE, affine_scale_inverse
 from ..nn.made import MADE
 from ..nn.mlp import MLP
 from ..transforms.base import FlowChain, chain_forward
@@ -87,15 +87,10 @@ def _recipe_arguments(recipe: type[Flow]) -> set[str]:
     return {n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
-def _softplus_inverse(y: Tensor) -> Tensor:
-    return y + torch.log(-torch.expm1(-y))
 
 
-def _inverse_affine_scale(scale: Tensor) -> Tensor:
-    """``raw`` with ``affine_scale(raw) = scale``: ``affine_scale(raw) = MIN_SCALE + softplus(raw + c)``, ``c`` such
-    that ``raw = 0`` gives 1 (:func:`pyroflows.functional.affine.affine_scale`)."""
-    c = _softplus_inverse(torch.tensor(1.0 - MIN_SCALE, dtype=torch.float64)).item()
-    return _softplus_inverse((scale - MIN_SCALE).clamp_min(1e-6)) - c
+
+
 
 
 @dataclass
@@ -516,7 +511,7 @@ class AutoFlowGuide(AutoContinuous):
         if factor is None:
             scale = self._init_scale / sd
             affine.head.set_value("shift", init_loc - scale * mean)
-            affine.head.set_value("raw_scale", _inverse_affine_scale(scale))
+            affine.head.set_value("raw_scale", affine_scale_inverse(scale))
             return
         lu = flow.transforms[-2]
         packed, diag, shift, outer, clamped = _lu_placement(factor, mean, sd)
@@ -529,10 +524,10 @@ class AutoFlowGuide(AutoContinuous):
         lu.perm.copy_(identity)
         lu.inv_perm.copy_(identity)
         lu.head.set_value("packed", packed.to(ref))
-        lu.head.set_value("raw_diag", _inverse_affine_scale(diag).to(ref))
+        lu.head.set_value("raw_diag", affine_scale_inverse(diag).to(ref))
         lu.head.set_value("shift", shift.to(ref))
         affine.head.set_value("shift", init_loc)
-        affine.head.set_value("raw_scale", _inverse_affine_scale(outer).to(ref))
+        affine.head.set_value("raw_scale", affine_scale_inverse(outer).to(ref))
 
     # ------------------------------------------------------------------------------------------------- warm start
     def warm_start(self, *args: Any, method: str = "laplace", num_steps: int = _DEFAULT_WARM_START_STEPS,

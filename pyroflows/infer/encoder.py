@@ -6,7 +6,6 @@ Mirrors :mod:`numpyroflows.infer.encoder` (same names, arguments, defaults and p
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,9 +16,10 @@ from torch import nn
 from .._checks import validation_enabled
 from ..flows import recipes
 from ..flows.core import Flow, FlowDistribution
-from ..functional.affine import MIN_SCALE
+from ..functional.affine import MIN_SCALE, affine_scale_inverse
 from ..nn.mlp import get_activation
 from ..transforms.linear import DiagonalAffine
+from .autoguide import _recipe_arguments
 
 Tensor = torch.Tensor
 
@@ -48,16 +48,10 @@ _DEFAULT_HIDDEN_PER_DIM = 4
 _SET_BY_ENCODER = {"input_dim", "context_dim"}
 
 
-def _recipe_arguments(recipe: type[Flow]) -> set[str]:
-    params = inspect.signature(recipe.__init__).parameters
-    return {n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
-def _inverse_affine_scale(scale: float) -> float:
-    """``raw`` with ``affine_scale(raw) = scale`` (:func:`pyroflows.functional.affine.affine_scale`)."""
-    def softplus_inv(y: float) -> float:
-        return y + math.log(-math.expm1(-y))
-    return softplus_inv(scale - MIN_SCALE) - softplus_inv(1.0 - MIN_SCALE)
+
+
 
 
 class FeatureMLP(nn.Module):
@@ -277,4 +271,4 @@ def _init_gaussian(gaussian: DiagonalAffine, latent_dim: int, feature_dim: int, 
     layer = gaussian.head.net.context_layer
     bound = 1.0 / math.sqrt(feature_dim)
     layer.weight[:latent_dim].uniform_(-bound, bound)
-    layer.bias[latent_dim:] = _inverse_affine_scale(init_scale)
+    layer.bias[latent_dim:] = float(affine_scale_inverse(torch.tensor(float(init_scale), dtype=torch.float64)))

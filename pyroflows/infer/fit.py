@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..flows.core import Flow
+from ..functional.affine import affine_scale_inverse
 from ..transforms.base import chain_inverse
 from ..transforms.linear import ActNorm, DiagonalAffine
 from ._fit_common import (
@@ -42,10 +43,7 @@ def _log_prob(flow: Flow, x: Tensor, context: Tensor | None) -> Tensor:
     return -0.5 * (z * z).sum(-1) - flow.input_dim * _HALF_LOG_2PI + ladj
 
 
-def _inverse_affine_scale(scale: Tensor) -> Tensor:
-    from .autoguide import _inverse_affine_scale as inv
 
-    return inv(scale)
 
 
 def _with_standardization(flow: Flow, mean: np.ndarray, sd: np.ndarray) -> Flow:
@@ -53,7 +51,7 @@ def _with_standardization(flow: Flow, mean: np.ndarray, sd: np.ndarray) -> Flow:
     dtype, device = _flow_dtype_device(flow)
     affine = DiagonalAffine(flow.input_dim).to(device=device, dtype=dtype)
     affine.head.set_value("shift", torch.as_tensor(mean, dtype=dtype, device=device))
-    raw = _inverse_affine_scale(torch.as_tensor(sd, dtype=torch.float64))
+    raw = affine_scale_inverse(torch.as_tensor(sd, dtype=torch.float64))
     affine.head.set_value("raw_scale", raw.to(device=device, dtype=dtype))
     return Flow([*flow.transforms, affine], base=flow.base).to(device=device, dtype=dtype)
 
