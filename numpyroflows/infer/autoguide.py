@@ -91,9 +91,6 @@ def _recipe_arguments(recipe: type[Flow]) -> set[str]:
     return {n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
-
-
-
 @jax.jit
 def _forward(transforms: tuple, z: Array) -> Array:
     """``T(z)`` through ``transforms`` (compiled once per flow structure instead of op by op)."""

@@ -44,12 +44,6 @@ _DEFAULT_HIDDEN_PER_DIM = 4
 _SET_BY_ENCODER = {"input_dim", "context_dim", "key"}
 
 
-
-
-
-
-
-
 # --------------------------------------------------------------------------------------------------- feature MLP
 @jax.tree_util.register_pytree_with_keys_class
 class FeatureMLP:
@@ -212,7 +206,9 @@ class FlowEncoder:
             raise ValueError(f"feature_dim must be a positive integer, got {feature_dim!r}")
         if isinstance(init_scale, bool) or not isinstance(init_scale, (int, float)) or not init_scale > MIN_SCALE:
             raise ValueError(f"init_scale must be a number > {MIN_SCALE} (the floor of the scale), got {init_scale!r}")
-        k_head, k_flow = jax.random.split(default_key(key))
+        # fold_in: the default key (PRNGKey(0)) is also FeatureMLP's, whose split would otherwise hand the mean head
+        # the very keys of the network's layers
+        k_head, k_flow = jax.random.split(jax.random.fold_in(default_key(key), 1))
         layers = _flow_layers(flow, latent_dim, feature_dim, num_transforms, hidden_dims, flow_kwargs, k_flow)
         gaussian = _init_gaussian(latent_dim, feature_dim, float(init_scale), k_head)
         self.flow = Flow([gaussian, *layers])

@@ -87,12 +87,6 @@ def _recipe_arguments(recipe: type[Flow]) -> set[str]:
     return {n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
-
-
-
-
-
-
 @dataclass
 class WarmStart:
     """What :meth:`AutoFlowGuide.warm_start` found (the same fields in numpyroflows).
@@ -353,7 +347,7 @@ class AutoFlowGuide(AutoContinuous):
             raise ValueError(
                 f"init_scale must be a number > {MIN_SCALE} (the floor of the guide's scale), got {init_scale!r}"
             )
-        if not isinstance(num_transforms, int) or num_transforms < 1:
+        if isinstance(num_transforms, bool) or not isinstance(num_transforms, int) or num_transforms < 1:
             raise ValueError(f"num_transforms must be a positive integer, got {num_transforms!r}")
         if warm_start is not None and warm_start not in _WARM_START_METHODS:
             raise ValueError(f"warm_start must be None, 'map' or 'laplace', got {warm_start!r}")
@@ -643,10 +637,12 @@ class AutoFlowGuide(AutoContinuous):
 
     def _base_draws(self, flow: Flow, n: int) -> Tensor:
         """``n`` base draws; from a generator seeded with ``_SEED`` for the standard normal base (the global RNG is
-        left alone), from the base itself for a custom one."""
+        left alone), from the base itself for a custom one, under the same seed (the global RNG state is restored)."""
         ref = flow._ref
-        if flow.base is not None:
-            return flow.base.sample((n,)).to(ref)
+        if flow.base is not None:  # seeded too, with the global RNG state restored afterwards
+            with torch.random.fork_rng(devices=[ref.device] if ref.device.type == "cuda" else []):
+                torch.manual_seed(_SEED)
+                return flow.base.sample((n,)).to(ref)
         gen = torch.Generator(device=ref.device).manual_seed(_SEED)
         return torch.randn(n, self.latent_dim, generator=gen, device=ref.device, dtype=ref.dtype)
 

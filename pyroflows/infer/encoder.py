@@ -48,12 +48,6 @@ _DEFAULT_HIDDEN_PER_DIM = 4
 _SET_BY_ENCODER = {"input_dim", "context_dim"}
 
 
-
-
-
-
-
-
 class FeatureMLP(nn.Module):
     """A feature network for :class:`FlowEncoder`: ``h = σ(W_L … σ(W_1 x + b_1) … + b_L)``, an MLP whose every layer,
     the last included, is followed by the activation.

@@ -43,9 +43,6 @@ def _log_prob(flow: Flow, x: Tensor, context: Tensor | None) -> Tensor:
     return -0.5 * (z * z).sum(-1) - flow.input_dim * _HALF_LOG_2PI + ladj
 
 
-
-
-
 def _with_standardization(flow: Flow, mean: np.ndarray, sd: np.ndarray) -> Flow:
     """``Flow([*flow.transforms, affine], base=flow.base)`` with ``affine(y) = mean + sd ⊙ y`` (the same modules)."""
     dtype, device = _flow_dtype_device(flow)
