@@ -30,7 +30,9 @@ def module(name: str, flow: Flow) -> Flow:
 
 
 FORMAT = "numpyroflows"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Version 2: affine transformers use a soft-clamped ``exp`` scale, and MAF, coupling and elementwise
+#: layers evaluate their transformer data to noise; a version-1 file's parameters would mean another flow.
 
 
 def flow_from_config(config: dict, key=None) -> Flow:
@@ -69,5 +71,12 @@ def load(path) -> Flow:
         meta = json.loads(str(blob["__meta__"]))
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path} is not a numpyroflows file (write one with numpyroflows.save)")
+        if meta.get("version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{path} was written in file format version {meta.get('version')}, this release reads version "
+                f"{FORMAT_VERSION}: the affine transformer and the direction of MAF, coupling and elementwise layers "
+                "changed in version 2, so its parameters would describe another flow. Refit the flow, or load it with "
+                "the release that wrote it."
+            )
         params = {k[len("param:"):]: blob[k] for k in blob.files if k.startswith("param:")}
     return import_params(flow_from_config(meta["config"]), params)

@@ -19,7 +19,18 @@ from .transforms.base import from_config
 from .transforms.transformers import make_transformer
 
 FORMAT = "pyroflows"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Version 2: affine transformers use a soft-clamped ``exp`` scale, and MAF, coupling and elementwise
+#: layers evaluate their transformer data to noise; a version-1 file's parameters would mean another flow.
+
+
+def _check_version(version: Any, path: Any) -> None:
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} was written in file format version {version}, this release reads version {FORMAT_VERSION}: the "
+            "affine transformer and the direction of MAF, coupling and elementwise layers changed in version 2, so "
+            "its parameters would describe another flow. Refit the flow, or load it with the release that wrote it."
+        )
 
 
 def _revive(value: Any) -> Any:
@@ -54,6 +65,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device | None = None
     blob = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ValueError(f"{path} is not a pyroflows file (write one with pyroflows.save)")
+    _check_version(blob.get("version"), path)
     flow = flow_from_config(json.loads(blob["config"]))
     state = blob["state"]
     floats = [v.dtype for v in state.values() if v.is_floating_point()]

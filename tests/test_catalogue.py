@@ -164,6 +164,17 @@ def test_load_never_unpickles_code(tmp_path):
         pyroflows.load(path)
 
 
+def test_load_refuses_an_older_file_format(tmp_path):
+    import json
+
+    flow = flows.MAF(3, num_transforms=1, hidden_dims=(8,))
+    path = tmp_path / "old.pt"
+    state = {k: v.detach() for k, v in flow.state_dict().items()}
+    torch.save({"format": "pyroflows", "version": 1, "config": json.dumps(flow.config()), "state": state}, path)
+    with pytest.raises(ValueError, match="format version 1.*Refit the flow"):
+        pyroflows.load(path)
+
+
 # ------------------------------------------------------------------------------------------------- errors
 def test_clear_errors():
     flow = flows.NSF(3, 2, num_transforms=1, hidden_dims=(8, 8))

@@ -94,7 +94,7 @@ def test_maximum_likelihood_with_jax_grad_and_optax_matches_the_gaussian_mle():
         updates, state = opt.update(grads, state)
         return optax.apply_updates(flow, updates), state, loss
 
-    for _ in range(600):
+    for _ in range(1500):
         flow, state, loss = step(flow, state)
     z, _ = flow.transform().inverse_and_log_det(x)
     np.testing.assert_allclose(np.asarray(z.mean(0)), 0.0, atol=2e-3)

@@ -112,6 +112,17 @@ def test_numpyroflows_save_load_round_trip(name, tmp_path):
     np.testing.assert_array_equal(np.asarray(loaded(c).log_prob(x)), np.asarray(jflow(c).log_prob(x)))
 
 
+def test_numpyroflows_load_refuses_an_older_file_format(tmp_path):
+    import json
+
+    _, jflow = _pair("MAF", 0)
+    path = tmp_path / "old.npz"
+    meta = json.dumps({"format": "numpyroflows", "version": 1, "config": jflow.config()})
+    np.savez(path, __meta__=np.array(meta), **{f"param:{k}": np.asarray(v) for k, v in jflow.params.items()})
+    with pytest.raises(ValueError, match="format version 1.*Refit the flow"):
+        numpyroflows.load(path)
+
+
 def test_custom_base_distribution_matches_pyroflows():
     import numpyro.distributions as ndist
     import pyro.distributions as pdist

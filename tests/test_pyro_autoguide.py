@@ -655,7 +655,8 @@ def test_constructor_option_warm_starts_on_the_first_svi_step(elbo):
     assert (((affine.head.shift.detach() - mean) / cov.diagonal().sqrt()).abs() < 0.1).all()
     with torch.no_grad():
         u = guide.get_posterior().sample((4000,))
-    assert ((torch.cov(u.T).diagonal() / cov.diagonal()).log().abs() < 0.2).all()
+    # (each of Adam's 20 steps moves every weight by up to lr, the layers' log-scales by up to ~0.1 in all)
+    assert ((torch.cov(u.T).diagonal() / cov.diagonal()).log().abs() < 0.3).all()
 
 
 def test_warm_start_stops_at_a_non_finite_gradient_and_keeps_the_best_point():

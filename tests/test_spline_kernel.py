@@ -92,7 +92,9 @@ def test_affine_gradcheck_and_closed_form(inverse, param_batch):
     assert torch.autograd.gradcheck(lambda a, b: fn(a, b), (x.requires_grad_(), p.requires_grad_()))
     # against the closed form
     out, ladj = fn(x, p)
-    scale = A.affine_scale(p[..., 1])
-    expected = (x - p[..., 0]) / scale if inverse else p[..., 0] + scale * x
+    r = p[..., 1]
+    log_scale = 5 * r / (5 + r.abs())  # the soft clamp into (-5, 5), written out
+    expected = (x - p[..., 0]) * torch.exp(-log_scale) if inverse else p[..., 0] + torch.exp(log_scale) * x
     torch.testing.assert_close(out, expected)
-    torch.testing.assert_close(ladj, torch.log(scale).expand_as(out))
+    torch.testing.assert_close(ladj, log_scale.expand_as(out))
+    assert float(A.affine_log_scale(torch.tensor(1e6, dtype=torch.float64))) == pytest.approx(5.0, abs=1e-4)

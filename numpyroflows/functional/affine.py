@@ -1,8 +1,14 @@
 """Elementwise affine and additive transformers, in JAX (mirrors :mod:`pyroflows.functional.affine`).
 
-Affine: ``y = shift + scale * x`` with ``scale = MIN_SCALE + softplus(raw + c)``, where ``c`` is chosen so that
-``raw = 0`` gives ``scale = 1``. The softplus grows linearly (not exponentially) in the raw parameter, which keeps deep
-stacks stable; the floor keeps the inverse finite. Raw layout on the last axis: ``[shift, raw_scale]``.
+Affine transformer (MAF, IAF, RealNVP; Papamakarios et al. 2017, Kingma et al. 2016, Dinh et al. 2017):
+``y = shift + exp(s)·x`` with the log-scale ``s = r / (1 + |r|/B)``, a rational soft clamp of the raw parameter ``r``
+into ``(-B, B)``, ``B = LOG_SCALE_BOUND = 5``: slope 1 at ``r = 0`` (raw zeros are the identity), bounded per layer so
+deep stacks stay stable, and the log-derivative ``s`` comes without a logarithm. Raw layout on the last axis:
+``[shift, raw_scale]``.
+
+Diagonal scale (``DiagonalAffine``, the LU diagonal, guide and encoder heads): ``scale = MIN_SCALE + softplus(raw +
+c)`` with ``c`` such that ``raw = 0`` gives 1 (:func:`affine_scale`); it grows linearly, not exponentially, in its raw
+parameter and is inverted in closed form by :func:`affine_scale_inverse` to start a layer at a given scale.
 Additive (NICE, Dinh et al. 2014): ``y = x + shift``, raw layout ``[shift]``, log-det 0.
 """
 
@@ -17,6 +23,7 @@ Array = jax.Array
 
 MIN_SCALE = 1e-3
 _SCALE_SHIFT = math.log(math.expm1(1.0 - MIN_SCALE))
+LOG_SCALE_BOUND = 5.0
 _SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus returns its input above this
 
 
@@ -39,19 +46,25 @@ def affine_scale_inverse(scale: Array) -> Array:
     return y + jnp.log(-jnp.expm1(-y)) - _SCALE_SHIFT
 
 
+def affine_log_scale(raw_scale: Array) -> Array:
+    """The transformer's log-scale ``B·r / (B + |r|)`` in ``(-B, B)``; mirrors
+    :func:`pyroflows.functional.affine.affine_log_scale`."""
+    return raw_scale / (1.0 + jnp.abs(raw_scale) * (1.0 / LOG_SCALE_BOUND))
+
+
 def affine_forward(x: Array, params: Array) -> tuple[Array, Array]:
-    """``y = shift + scale·x`` and ``log scale`` (broadcast to ``y``); mirrors the torch ``affine_forward``."""
-    scale = affine_scale(params[..., 1])
-    y = params[..., 0] + scale * x
-    return y, jnp.broadcast_to(jnp.log(scale), y.shape)
+    """``y = shift + exp(s)·x`` and ``s`` (broadcast to ``y``); mirrors the torch ``affine_forward``."""
+    log_scale = affine_log_scale(params[..., 1])
+    y = params[..., 0] + jnp.exp(log_scale) * x
+    return y, jnp.broadcast_to(log_scale, y.shape)
 
 
 def affine_inverse(y: Array, params: Array) -> tuple[Array, Array]:
-    """``x = (y - shift)/scale`` and ``log scale`` (the *forward* log-derivative, broadcast to ``x``); mirrors the
-    torch ``affine_inverse``."""
-    scale = affine_scale(params[..., 1])
-    x = (y - params[..., 0]) / scale
-    return x, jnp.broadcast_to(jnp.log(scale), x.shape)
+    """``x = (y - shift)·exp(-s)`` and ``s`` (the *forward* log-derivative, broadcast to ``x``); mirrors the torch
+    ``affine_inverse``."""
+    log_scale = affine_log_scale(params[..., 1])
+    x = (y - params[..., 0]) * jnp.exp(-log_scale)
+    return x, jnp.broadcast_to(log_scale, x.shape)
 
 
 def additive_forward(x: Array, params: Array) -> tuple[Array, Array]:

@@ -1,7 +1,8 @@
 """Autoregressive flows with any transformer, conditioned by MADE, in both orientations (JAX).
 
 Mirrors :mod:`pyroflows.transforms.autoregressive`: ``orientation="maf"`` computes the parameters from the data side
-(density in one pass, sampling in ``D``), ``"iaf"`` from the noise side (sampling in one pass). The slow direction
+and evaluates the transformer data to noise (density in one pass, sampling in ``D``), ``"iaf"`` from the noise side,
+evaluating it noise to data (sampling in one pass). The slow direction
 determines one dimension per pass in autoregressive order, computing only that dimension's rows of MADE's output
 layer; the loop is over the static ``D`` and unrolls under ``jit``.
 """
@@ -21,7 +22,8 @@ Array = jax.Array
 
 
 class AutoregressiveTransform(FlowTransform):
-    """An autoregressive bijection ``y_i = τ(x_i; θ_i(·_{<i}, context))`` with a MADE conditioner.
+    """An autoregressive bijection with a MADE conditioner: ``y_i = τ(x_i; θ_i(x_{<i}, context))`` (IAF) or
+    ``x_i = τ(y_i; θ_i(y_{<i}, context))`` (MAF).
 
     Same arguments as :class:`pyroflows.transforms.AutoregressiveTransform`, plus ``key`` (a PRNG key for the
     initial parameters). Parameters: ``"made.flat"`` (and ``"made.context_layer.weight"`` with a context).
@@ -61,19 +63,19 @@ class AutoregressiveTransform(FlowTransform):
     def _kw(self) -> dict:
         return {"input_dim": self.input_dim, "num_params": self.transformer.num_params}
 
-    def _one_pass(self, params: dict, known: Array, context: Array | None, forward: bool):
+    def _one_pass(self, params: dict, known: Array, context: Array | None):
         made = self._made(params)
         layers = _layers(made, self.input_dim, self.transformer.num_params, self.hidden_dims, self.order)
         h = made_hidden(made, known, context, hidden_dims=self.hidden_dims, order=self.order,
                         activation=self.activation, layers=layers, **self._kw())
         theta = made_output(layers, h, **self._kw())
-        out, ld = (self.transformer.forward if forward else self.transformer.inverse)(known, theta)
+        out, ld = self.transformer.forward(known, theta)
         return out, ld.sum(-1)
 
-    def _sequential(self, params: dict, given: Array, context: Array | None, forward: bool):
+    def _sequential(self, params: dict, given: Array, context: Array | None):
         made = self._made(params)
         layers = _layers(made, self.input_dim, self.transformer.num_params, self.hidden_dims, self.order)
-        fn = self.transformer.forward if forward else self.transformer.inverse
+        fn = self.transformer.inverse
         batch = jnp.broadcast_shapes(given.shape[:-1], () if context is None else context.shape[:-1])
         out = jnp.zeros(batch + given.shape[-1:], given.dtype)
         total = jnp.zeros(batch, given.dtype)
@@ -88,13 +90,13 @@ class AutoregressiveTransform(FlowTransform):
 
     def _forward_ld(self, params: dict, x: Array, context: Array | None) -> tuple[Array, Array]:
         if self.orientation == "iaf":
-            return self._one_pass(params, x, context, forward=True)
-        return self._sequential(params, x, context, forward=True)
+            return self._one_pass(params, x, context)
+        return self._sequential(params, x, context)
 
     def _inverse_ld(self, params: dict, y: Array, context: Array | None) -> tuple[Array, Array]:
         if self.orientation == "maf":
-            return self._one_pass(params, y, context, forward=False)
-        return self._sequential(params, y, context, forward=False)
+            return self._one_pass(params, y, context)
+        return self._sequential(params, y, context)
 
 
 class MaskedAutoregressiveTransform(AutoregressiveTransform):

@@ -1,9 +1,10 @@
 """Coupling layers with any transformer (Dinh et al. 2014 "NICE", 2017 "RealNVP"; Durkan et al. 2019 "NSF-C"), JAX.
 
 Mirrors :mod:`pyroflows.transforms.coupling`: the dimensions are split by a mask into a conditioning set ``A`` (passed
-through unchanged) and a transformed set ``B``: ``y_A = x_A``, ``y_B = τ(x_B; θ(x_A, context))``. Both directions take
-one network pass; the Jacobian is triangular with log-det ``Σ_B log τ'``. The mask and the index sets are static
-configuration (tuples); the only parameters are the conditioner MLP's (``"net.*"``, as in pyroflows' ``state_dict``).
+through unchanged) and a transformed set ``B``, with the transformer run data to noise: ``x_A = y_A``,
+``x_B = τ(y_B; θ(y_A, context))``. Both directions take one network pass; the Jacobian is triangular with log-det
+``Σ_B log τ'``. The mask and the index sets are static configuration (tuples); the only parameters are the conditioner
+MLP's (``"net.*"``, as in pyroflows' ``state_dict``).
 """
 
 from __future__ import annotations
@@ -104,19 +105,19 @@ class CouplingTransform(FlowTransform):
                        output_bias=bias)
         self.params = {f"net.{k}": v for k, v in net.items()}
 
-    def _couple(self, params: dict, v: Array, context: Array | None, forward: bool) -> tuple[Array, Array]:
+    def _couple(self, params: dict, v: Array, context: Array | None, density: bool) -> tuple[Array, Array]:
         va, vb = v[..., np.asarray(self.idx_a)], v[..., np.asarray(self.idx_b)]
         net = {k[len("net."):]: w for k, w in params.items() if k.startswith("net.")}
         theta = params_view(mlp_apply(net, va, context, self.activation), self.transformer.num_params, self.num_b)
-        out_b, ld = (self.transformer.forward if forward else self.transformer.inverse)(vb, theta)
+        out_b, ld = (self.transformer.forward if density else self.transformer.inverse)(vb, theta)
         va = jnp.broadcast_to(va, out_b.shape[:-1] + va.shape[-1:])
         return jnp.concatenate([va, out_b], -1)[..., np.asarray(self.unperm)], ld.sum(-1)
 
     def _forward_ld(self, params: dict, x: Array, context: Array | None) -> tuple[Array, Array]:
-        return self._couple(params, x, context, True)
+        return self._couple(params, x, context, density=False)
 
     def _inverse_ld(self, params: dict, y: Array, context: Array | None) -> tuple[Array, Array]:
-        return self._couple(params, y, context, False)
+        return self._couple(params, y, context, density=True)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(input_dim={self.input_dim}, context_dim={self.context_dim}, "

@@ -36,7 +36,7 @@ def _head_apply(params: dict, name: str, shape: tuple[int, ...], context: Array 
 
 
 class ElementwiseTransform(FlowTransform):
-    """``y_i = τ(x_i; θ_i)`` with one set of transformer parameters per dimension.
+    """``x_i = τ(y_i; θ_i)`` (data ``y`` to noise ``x``; sampling uses ``τ⁻¹``), one parameter set per dimension.
 
     With ``context_dim > 0``, ``θ`` is produced from the context by an MLP (a conditional elementwise flow). Same
     arguments as :class:`pyroflows.transforms.ElementwiseTransform`, plus ``key``. Parameters: ``"head.params"``
@@ -70,11 +70,11 @@ class ElementwiseTransform(FlowTransform):
         return _head_apply(params, "params", (self.input_dim, self.transformer.num_params), context)
 
     def _forward_ld(self, params: dict, x: Array, context: Array | None) -> tuple[Array, Array]:
-        y, ld = self.transformer.forward(x, self._theta(params, context))
+        y, ld = self.transformer.inverse(x, self._theta(params, context))
         return y, ld.sum(-1)
 
     def _inverse_ld(self, params: dict, y: Array, context: Array | None) -> tuple[Array, Array]:
-        x, ld = self.transformer.inverse(y, self._theta(params, context))
+        x, ld = self.transformer.forward(y, self._theta(params, context))
         return x, ld.sum(-1)
 
     def __repr__(self) -> str:

@@ -2,7 +2,8 @@
 
 Mirrors :mod:`pyroflows.transforms.transformers`: same names (``"affine"``, ``"additive"``, ``"spline"``, ...), same
 ``num_params``, same raw layouts, same identity-at-zero convention. ``forward(x, params) -> (y, ladj)`` and
-``inverse(y, params) -> (x, ladj)`` with elementwise ``ladj`` of the map computed.
+``inverse(y, params) -> (x, ladj)`` with elementwise ``ladj`` of the map computed. ``forward`` is the closed-form,
+cheaper direction; MAF, coupling and elementwise layers evaluate it from data to noise, IAF layers from noise to data.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class Transformer:
 
 
 class Affine(Transformer):
-    """``y = shift + scale · x``, ``scale = 1e-3 + softplus(raw + c) > 0``."""
+    """``y = shift + exp(s) · x``, ``s = affine_log_scale(raw)`` in ``(-5, 5)``; mirrors the torch ``Affine``."""
 
     name = "affine"
     num_params = 2
@@ -91,8 +92,8 @@ class Additive(Transformer):
 class RQSpline(Transformer):
     """Monotone rational-quadratic spline with identity tails (Durkan et al. 2019); ``num_params = 3K - 1``.
 
-    Oriented as :class:`pyroflows.transforms.transformers.RQSpline`: the spline maps data to noise (densities use
-    its direct formula), :meth:`forward` (noise to data) is its closed-form root."""
+    As :class:`pyroflows.transforms.transformers.RQSpline`: :meth:`forward` is the direct rational formula,
+    :meth:`inverse` the closed-form root."""
 
     name = "spline"
 
@@ -108,11 +109,11 @@ class RQSpline(Transformer):
         return {"count_bins": self.count_bins, "bound": self.bound}
 
     def forward(self, x: Array, params: Array) -> tuple[Array, Array]:
-        y, ld = F_rqs.rqs_inverse(x, params, self.bound)
-        return y, -ld
+        return F_rqs.rqs_forward(x, params, self.bound)
 
     def inverse(self, y: Array, params: Array) -> tuple[Array, Array]:
-        return F_rqs.rqs_forward(y, params, self.bound)
+        x, ld = F_rqs.rqs_inverse(y, params, self.bound)
+        return x, -ld
 
 
 def make_transformer(spec: str | dict | Transformer, **kwargs: Any) -> Transformer:

@@ -1,8 +1,14 @@
 """Elementwise affine and additive transformers.
 
-Affine: ``y = shift + scale * x`` with ``scale = MIN_SCALE + softplus(raw + c)``, where ``c`` is chosen so that
-``raw = 0`` gives ``scale = 1``. The softplus grows linearly (not exponentially) in the raw parameter, which keeps deep
-stacks stable; the floor keeps the inverse finite. Raw layout on the last axis: ``[shift, raw_scale]``.
+Affine transformer (MAF, IAF, RealNVP; Papamakarios et al. 2017, Kingma et al. 2016, Dinh et al. 2017):
+``y = shift + exp(s)·x`` with the log-scale ``s = r / (1 + |r|/B)``, a rational soft clamp of the raw parameter ``r``
+into ``(-B, B)``, ``B = LOG_SCALE_BOUND = 5``: slope 1 at ``r = 0`` (raw zeros are the identity), bounded per layer so
+deep stacks stay stable, and the log-derivative ``s`` comes without a logarithm. Raw layout on the last axis:
+``[shift, raw_scale]``.
+
+Diagonal scale (``DiagonalAffine``, the LU diagonal, guide and encoder heads): ``scale = MIN_SCALE + softplus(raw +
+c)`` with ``c`` such that ``raw = 0`` gives 1 (:func:`affine_scale`); it grows linearly, not exponentially, in its raw
+parameter and is inverted in closed form by :func:`affine_scale_inverse` to start a layer at a given scale.
 Additive (NICE, Dinh et al. 2014): ``y = x + shift``, raw layout ``[shift]``, log-det 0.
 """
 
@@ -17,6 +23,7 @@ Tensor = torch.Tensor
 
 MIN_SCALE = 1e-3
 _SCALE_SHIFT = math.log(math.expm1(1.0 - MIN_SCALE))
+LOG_SCALE_BOUND = 5.0
 
 
 def affine_scale(raw_scale: Tensor) -> Tensor:
@@ -32,18 +39,25 @@ def affine_scale_inverse(scale: Tensor) -> Tensor:
     return y + torch.log(-torch.expm1(-y)) - _SCALE_SHIFT
 
 
+def affine_log_scale(raw_scale: Tensor) -> Tensor:
+    """The transformer's log-scale ``B·r / (B + |r|)``: soft-clamped into ``(-B, B)`` with ``B = LOG_SCALE_BOUND``,
+    slope 1 at ``r = 0`` (so raw zeros are the identity)."""
+    return raw_scale / (1.0 + raw_scale.abs() * (1.0 / LOG_SCALE_BOUND))
+
+
 def affine_forward(x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-    """``y = shift + scale·x`` and ``log scale`` (broadcast to ``y``)."""
-    scale = affine_scale(params[..., 1])
-    y = torch.addcmul(params[..., 0], scale, x)
-    return y, torch.log(scale).expand(y.shape)
+    """``y = shift + exp(s)·x`` and ``s`` (the log-derivative, broadcast to ``y``), ``s = affine_log_scale(raw)``."""
+    log_scale = affine_log_scale(params[..., 1])
+    y = torch.addcmul(params[..., 0], torch.exp(log_scale), x)
+    return y, log_scale.expand(y.shape)
 
 
 def affine_inverse(y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-    """``x = (y - shift)/scale`` and ``log scale`` (the *forward* log-derivative, broadcast to ``x``)."""
-    scale = affine_scale(params[..., 1])
-    x = (y - params[..., 0]) / scale
-    return x, torch.log(scale).expand(x.shape)
+    """``x = (y - shift)·exp(-s)`` and ``s`` (the *forward* log-derivative, broadcast to ``x``, as every kernel's
+    inverse returns it)."""
+    log_scale = affine_log_scale(params[..., 1])
+    x = (y - params[..., 0]) * torch.exp(-log_scale)
+    return x, log_scale.expand(x.shape)
 
 
 def additive_forward(x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,13 +1,15 @@
 """Autoregressive flows with any transformer, conditioned by MADE, in both orientations.
 
-``y_i = τ(x_i; θ_i)`` with ``θ_i`` a function of the dimensions before ``i`` in the order (and of the context).
+Each dimension is mapped by a transformer ``τ`` whose parameters ``θ_i`` are a function of the dimensions before
+``i`` in the order (and of the context). With ``x`` the noise (base) side and ``y`` the data side:
 
-* ``orientation="maf"`` (density-fast; Papamakarios et al. 2017, "Masked Autoregressive Flow"): ``θ = MADE(y)`` is
-  computed from the data side. The inverse ``y -> x`` (density evaluation) takes one network pass; the forward
-  ``x -> y`` (sampling) takes ``D`` passes.
+* ``orientation="maf"`` (density-fast; Papamakarios et al. 2017, "Masked Autoregressive Flow"):
+  ``x_i = τ(y_i; θ_i(y_{<i}))``, ``θ = MADE(y)`` from the data side. The inverse ``y -> x`` (density evaluation)
+  takes one network pass and evaluates ``τ`` forward (for the affine transformer ``x = shift + scale·y``); the forward
+  ``x -> y`` (sampling) takes ``D`` passes through ``τ⁻¹``.
 * ``orientation="iaf"`` (sampling-fast; Kingma et al. 2016, "Improved Variational Inference with Inverse
-  Autoregressive Flow"): ``θ = MADE(x)`` is computed from the noise side. Sampling (and the density of the flow's own
-  samples) takes one pass; the density of fresh data takes ``D`` passes.
+  Autoregressive Flow"): ``y_i = τ(x_i; θ_i(x_{<i}))``, ``θ = MADE(x)`` from the noise side. Sampling (and the
+  density of the flow's own samples) takes one pass through ``τ``; the density of fresh data takes ``D`` passes.
 
 Both directions are exact. The slow direction determines one dimension per pass, in autoregressive order, computing
 only that dimension's rows of MADE's output layer.
@@ -27,7 +29,8 @@ Tensor = torch.Tensor
 
 
 class AutoregressiveTransform(FlowTransform):
-    """An autoregressive bijection ``y_i = τ(x_i; θ_i(·_{<i}, context))`` with a MADE conditioner.
+    """An autoregressive bijection with a MADE conditioner: ``y_i = τ(x_i; θ_i(x_{<i}, context))`` (IAF) or
+    ``x_i = τ(y_i; θ_i(y_{<i}, context))`` (MAF).
 
     Args:
         input_dim: D.
@@ -72,15 +75,14 @@ class AutoregressiveTransform(FlowTransform):
         )
         self.register_buffer("_onehot", torch.eye(input_dim, dtype=torch.bool), persistent=False)
 
-    # one pass: parameters from the known side
-    def _one_pass(self, known: Tensor, other: Tensor, context: Tensor | None, forward: bool):
-        params = self.made(known, context)
-        out, ld = (self.transformer.forward if forward else self.transformer.inverse)(other, params)
+    # one pass: parameters from the known side, transformer evaluated forward
+    def _one_pass(self, known: Tensor, context: Tensor | None):
+        out, ld = self.transformer.forward(known, self.made(known, context))
         return out, ld.sum(-1)
 
-    # D passes: parameters from the side being computed
-    def _sequential(self, given: Tensor, context: Tensor | None, forward: bool):
-        fn = self.transformer.forward if forward else self.transformer.inverse
+    # D passes: parameters from the side being computed, transformer inverted
+    def _sequential(self, given: Tensor, context: Tensor | None):
+        fn = self.transformer.inverse
         out = torch.zeros_like(given)
         total = None
         layers = self.made.layers()
@@ -93,19 +95,19 @@ class AutoregressiveTransform(FlowTransform):
 
     def _forward_ld(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         if self.orientation == "iaf":
-            return self._one_pass(x, x, context, forward=True)
-        return self._sequential(x, context, forward=True)
+            return self._one_pass(x, context)
+        return self._sequential(x, context)
 
     def _inverse_ld(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         if self.orientation == "maf":
-            return self._one_pass(y, y, context, forward=False)
-        return self._sequential(y, context, forward=False)
+            return self._one_pass(y, context)
+        return self._sequential(y, context)
 
     def _log_abs_det(self, x: Tensor, y: Tensor, context: Tensor | None) -> Tensor:
         # one pass from whichever side feeds the conditioner
         if self.orientation == "maf":
-            return -self._one_pass(y, y, context, forward=False)[1]
-        return self._one_pass(x, x, context, forward=True)[1]
+            return -self._one_pass(y, context)[1]
+        return self._one_pass(x, context)[1]
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, orientation={self.orientation!r}, transformer={self.transformer!r}"

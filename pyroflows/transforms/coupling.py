@@ -1,8 +1,10 @@
 """Coupling layers with any transformer (Dinh et al. 2014 "NICE", 2017 "RealNVP"; Durkan et al. 2019 "NSF-C").
 
 The dimensions are split by a mask into a conditioning set ``A`` (passed through unchanged) and a transformed set
-``B``: ``y_A = x_A``, ``y_B = τ(x_B; θ(x_A, context))``. Both directions take one network pass; the Jacobian is
-triangular with log-det ``Σ_B log τ'``.
+``B``. With ``x`` the noise side and ``y`` the data side, ``x_A = y_A`` and ``x_B = τ(y_B; θ(y_A, context))``: the
+transformer runs data to noise, as in zuko and FlowJAX, so training by maximum likelihood uses its direct formula
+(RealNVP's ``x_B = shift + scale·y_B``). Both directions take one network pass; the Jacobian is triangular with
+log-det ``Σ_B log τ'``.
 """
 
 from __future__ import annotations
@@ -99,18 +101,18 @@ class CouplingTransform(FlowTransform):
             output_bias=self.transformer.identity_params().repeat_interleave(self.num_b),  # parameter-major
         )
 
-    def _couple(self, v: Tensor, context: Tensor | None, forward: bool) -> tuple[Tensor, Tensor]:
+    def _couple(self, v: Tensor, context: Tensor | None, density: bool) -> tuple[Tensor, Tensor]:
         va, vb = v[..., self.idx_a], v[..., self.idx_b]
         params = params_view(self.net(va, context), self.transformer.num_params, self.num_b)
-        out_b, ld = (self.transformer.forward if forward else self.transformer.inverse)(vb, params)
+        out_b, ld = (self.transformer.forward if density else self.transformer.inverse)(vb, params)
         va = va.expand(out_b.shape[:-1] + va.shape[-1:])
         return torch.cat([va, out_b], -1)[..., self.unperm], ld.sum(-1)
 
     def _forward_ld(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        return self._couple(x, context, True)
+        return self._couple(x, context, density=False)
 
     def _inverse_ld(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        return self._couple(y, context, False)
+        return self._couple(y, context, density=True)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, transformer={self.transformer!r}, mask={self.mask.int().tolist()}"

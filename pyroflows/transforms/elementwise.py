@@ -18,7 +18,8 @@ Tensor = torch.Tensor
 
 
 class ElementwiseTransform(FlowTransform):
-    """``y_i = τ(x_i; θ_i)`` with one set of transformer parameters per dimension.
+    """``x_i = τ(y_i; θ_i)`` (data ``y`` to noise ``x``, the density direction) with one set of transformer
+    parameters per dimension; sampling uses ``τ⁻¹``.
 
     With ``context_dim > 0``, ``θ`` is produced from the context by an MLP (a conditional elementwise flow).
 
@@ -49,11 +50,11 @@ class ElementwiseTransform(FlowTransform):
         self.head = ParamHead({"params": init}, context_dim, hidden_dims)
 
     def _forward_ld(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        y, ld = self.transformer.forward(x, self.head(context)["params"])
+        y, ld = self.transformer.inverse(x, self.head(context)["params"])
         return y, ld.sum(-1)
 
     def _inverse_ld(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        x, ld = self.transformer.inverse(y, self.head(context)["params"])
+        x, ld = self.transformer.forward(y, self.head(context)["params"])
         return x, ld.sum(-1)
 
     def extra_repr(self) -> str:

@@ -7,6 +7,14 @@ it available to all of them. Raw parameters have shape ``(..., D, num_params)`` 
 
 Names for ``make_transformer``: ``"affine"``, ``"additive"``, ``"spline"`` (rational-quadratic, linear tails),
 ``"bspline"`` (monotone B-spline), ``"mixture"`` (positive mixture of monotone functions).
+
+Which way ``τ`` runs: :meth:`Transformer.forward` is always the closed-form, cheaper direction of the map, and each
+conditioner evaluates it in the direction its layer is fast and trained in. Masked autoregressive (MAF), coupling and
+elementwise layers evaluate ``τ`` from data to noise, ``z = τ(x; θ)``, so maximum likelihood uses the direct formula
+and an affine layer is linear on the density side, ``z = shift + scale·x`` (as zuko, FlowJAX and nflows
+parameterize it; for affine MAFs on 64-d digits this fits far better than ``x = shift + scale·z``). Inverse
+autoregressive (IAF) layers evaluate ``τ`` from noise to data, ``x = τ(z; θ)``, so sampling (and variational
+inference) use the direct formula. Each layer's other direction uses :meth:`Transformer.inverse`.
 """
 
 from __future__ import annotations
@@ -69,7 +77,8 @@ class Transformer:
 
 
 class Affine(Transformer):
-    """``y = shift + scale · x``, ``scale = 1e-3 + softplus(raw + c) > 0`` (see :mod:`pyroflows.functional.affine`)."""
+    """``y = shift + exp(s) · x`` with ``s = affine_log_scale(raw)`` soft-clamped to ``(-5, 5)`` (see
+    :mod:`pyroflows.functional.affine`). Raw layout ``[shift, raw_scale]``; raw zeros are the identity."""
 
     name = "affine"
     num_params = 2
@@ -99,10 +108,9 @@ class RQSpline(Transformer):
     """Monotone rational-quadratic spline on ``[-bound, bound]`` with ``count_bins`` bins and identity tails
     (Durkan et al. 2019). ``num_params = 3 · count_bins - 1``.
 
-    Orientation: the spline ``s`` (:func:`~pyroflows.functional.spline.rqs_forward`) maps the data side to the noise
-    side, ``z = s(x)``; :meth:`forward` (noise to data) is its closed-form quadratic root. Densities (MAF, coupling
-    and elementwise ``log_prob``) thus use the direct rational formula, the cheaper one, as nflows, zuko and FlowJAX
-    do; sampling uses the root. Both are exact; only their cost differs (the root is ~1.5x dearer in JAX).
+    :meth:`forward` is the spline's direct rational formula (:func:`~pyroflows.functional.spline.rqs_forward`),
+    :meth:`inverse` its closed-form quadratic root (~1.5x dearer); see the module docstring for which direction each
+    layer evaluates forward.
     """
 
     name = "spline"
@@ -119,11 +127,11 @@ class RQSpline(Transformer):
         return {"count_bins": self.count_bins, "bound": self.bound}
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        y, ld = F_rqs.rqs_inverse(x, params, self.bound)
-        return y, -ld
+        return F_rqs.rqs_forward(x, params, self.bound)
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        return F_rqs.rqs_forward(y, params, self.bound)
+        x, ld = F_rqs.rqs_inverse(y, params, self.bound)
+        return x, -ld
 
 
 def make_transformer(spec: str | dict | Transformer, **kwargs: Any) -> Transformer:
