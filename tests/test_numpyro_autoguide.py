@@ -516,6 +516,30 @@ def test_warm_start_steps_back_from_a_non_finite_region_and_keeps_a_finite_point
         assert np.all(np.isfinite(np.asarray(ws.params["auto_flow$transforms.3.head.shift"])))
 
 
+def test_warm_start_keeps_the_default_start_on_a_funnel_without_a_mode():
+    """As in the Pyro test: the funnel's search finds no useful mode, the Laplace guide's ELBO is far below the
+    default start's, so the guide keeps N(init_loc, init_scale²) (and SVI starts there)."""
+
+    def funnel():
+        v = numpyro.sample("v", dist.Normal(0.0, 3.0))
+        with numpyro.plate("i", 9):
+            numpyro.sample("x", dist.Normal(0.0, jnp.exp(v / 2)))
+
+    guide = AutoFlowGuide(funnel, init_loc_fn=init_to_value(values={"v": 0.0, "x": jnp.zeros(9)}))
+    with pytest.warns(RuntimeWarning, match=r"keeps its default start"):
+        ws = guide.warm_start(method="laplace")
+    assert ws.method == "none" and ws.scale_tril is None
+    last = max(int(k.split(".")[1]) for k in ws.params if k.startswith("auto_flow$transforms."))
+    # (the default start's recipe layers are within ±1e-3 of the identity, which its shift and scale compensate)
+    np.testing.assert_allclose(np.asarray(ws.params[f"auto_flow$transforms.{last}.head.shift"]), 0.0, atol=1e-3)
+    np.testing.assert_allclose(np.asarray(affine_scale(ws.params[f"auto_flow$transforms.{last}.head.raw_scale"])),
+                               0.1, rtol=0.05)
+    assert not any("lower" in k or "packed" in k for k in ws.params)
+    svi = SVI(funnel, guide, optax.adam(1e-3), Trace_ELBO())
+    result = svi.run(jax.random.PRNGKey(0), 3, progress_bar=False)
+    assert np.all(np.isfinite(np.asarray(result.losses)))
+
+
 def test_flat_direction_gets_init_scale_with_a_warning():
     def model():
         numpyro.sample("free", dist.ImproperUniform(dist.constraints.real, (), ()))

@@ -677,6 +677,30 @@ def test_warm_start_stops_at_a_non_finite_gradient_and_keeps_the_best_point():
     assert ws.scale_tril is not None and torch.isfinite(ws.scale_tril).all()
 
 
+def test_warm_start_keeps_the_default_start_on_a_funnel_without_a_mode():
+    """Neal's funnel: log p grows without bound as v falls, so the search runs off to a spike whose Laplace guide has
+    a far lower ELBO than the default start; the guide keeps the default start N(init_loc, init_scale²)."""
+
+    def funnel():
+        v = pyro.sample("v", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 3.0))
+        with pyro.plate("i", 9):
+            pyro.sample("x", dist.Normal(torch.tensor(0.0, dtype=torch.float64), torch.exp(v / 2)))
+
+    guide = AutoFlowGuide(funnel, init_loc_fn=init_to_value(values={"v": torch.tensor(0.0, dtype=torch.float64),
+                                                                     "x": torch.zeros(9, dtype=torch.float64)}))
+    with pytest.warns(RuntimeWarning, match=r"keeps its default start"):
+        ws = guide.warm_start(method="laplace")
+    assert ws.method == "none" and ws.scale_tril is None
+    assert not any(isinstance(t, LULinear) for t in guide.flow.transforms)
+    head = guide.flow.transforms[-1]
+    # (the default start's recipe layers are within ±1e-3 of the identity, which its shift and scale compensate)
+    torch.testing.assert_close(head.head.shift.detach(), torch.zeros(10, dtype=torch.float64), atol=1e-3, rtol=0)
+    torch.testing.assert_close(affine_scale(head.head.raw_scale.detach()), torch.full((10,), 0.1, dtype=torch.float64),
+                               atol=0, rtol=0.05)
+    svi = SVI(funnel, guide, ClippedAdam({"lr": 1e-3}), Trace_ELBO())
+    assert all(math.isfinite(svi.step()) for _ in range(3))
+
+
 def test_flat_direction_gets_init_scale_with_a_warning():
     """A site the density does not depend on has a zero row in the Hessian: its eigenvalue is raised to
     1/init_scale², so the guide keeps sd init_scale there (and the exact variance elsewhere)."""

@@ -54,6 +54,8 @@ _SEED = 0
 #: ``_WARM_START_PATIENCE`` iterations (no more progress at this precision).
 _WARM_START_METHODS = ("laplace", "map")
 _DEFAULT_WARM_START_STEPS = 1000
+#: draws of the Monte Carlo ELBO that decides between the warm start and the default start
+_START_ELBO_DRAWS = 64
 _WARM_START_HISTORY = 20
 _LINE_SEARCH_EVALS = 25
 _LAPLACE_MAX_DIM = 2000
@@ -103,12 +105,21 @@ def _sample_and_log_prob(d: FlowDistribution, key: Array, sample_shape: tuple) -
     return FlowDistribution.sample_and_log_prob(d, key, sample_shape)
 
 
+def _start_elbo(flow: Flow, neg_log_density: Callable[[Array], Array]) -> float:
+    """Monte Carlo ELBO ``E_q[log p(u) - log q(u)]`` of a starting flow from ``_START_ELBO_DRAWS`` draws under the
+    fixed key ``_SEED`` (the same draws for every flow compared); ``nan`` where it is not finite."""
+    u, log_q = flow().sample_and_log_prob(jax.random.PRNGKey(_SEED), (_START_ELBO_DRAWS,))
+    value = float(jnp.mean(-jax.vmap(neg_log_density)(u) - log_q))
+    return value if np.isfinite(value) else float("nan")
+
+
 @dataclass
 class WarmStart:
     """What :meth:`AutoFlowGuide.warm_start` found (the same fields as in pyroflows).
 
     Attributes:
-        method: ``"laplace"`` or ``"map"`` (``"map"`` also when a Laplace start fell back to it; see ``message``).
+        method: ``"laplace"`` or ``"map"`` (``"map"`` also when a Laplace start fell back to it), or ``"none"`` when
+            the warm start's ELBO was below the default start's and the guide kept its default start; see ``message``.
         loc: the mode of ``log p(u)`` in unconstrained space, shape ``(D,)`` (the best point found).
         scale_tril: lower Cholesky factor of ``Σ = H⁻¹`` (``H`` the Hessian of ``-log p(u)`` at ``loc``, eigenvalues
             floored where needed); ``None`` for ``"map"``.
@@ -548,7 +559,10 @@ class AutoFlowGuide(AutoContinuous):
         ``numpyro.param`` sites, so a following ``svi.init`` / ``svi.run`` starts from it. If SVI was already
         initialised, pass ``init_params=result.params`` to ``svi.init``/``svi.run`` (the parameter layout of
         ``"laplace"`` differs from the default one, so an old SVI state cannot be continued). A non-finite ``log p``
-        stops the search at the best point found, with a warning. The constructor option ``warm_start=`` runs it in
+        stops the search at the best point found, with a warning. Nothing is lost: the placed guide's ELBO (64 draws
+        under a fixed key) is compared with the default start's ``N(init_loc, init_scale²)``, and where it is lower (a
+        funnel has no useful mode) the guide keeps the default start, with a warning. The constructor option
+        ``warm_start=`` runs it in
         ``SVI.init`` instead. Run it outside ``jax.jit`` (it returns host values).
 
         Args:
@@ -642,7 +656,16 @@ class AutoFlowGuide(AutoContinuous):
                               "eigenvalue(s) that are not clearly positive (the search did not reach a maximum, or the "
                               "posterior is flat in some direction); the guide uses sd init_scale in those directions",
                               RuntimeWarning, stacklevel=3)
-        self._flow = flow = self._build_flow(loc, key, factor, exact=True)
+        warm, default = self._build_flow(loc, key, factor, exact=True), self._build_flow(u0, key)
+        elbo_warm, elbo_default = (_start_elbo(f, fn) for f in (warm, default))
+        self._flow = flow = warm
+        if not elbo_warm >= elbo_default:  # also when the warm start's ELBO is nan
+            self._flow, flow, method, factor = default, default, "none", None
+            message += (f"; the warm start's ELBO ({elbo_warm:.6g}) is below the default start's ({elbo_default:.6g}),"
+                        " so the guide keeps its default start N(init_loc, init_scale²)")
+            warnings.warn(f"AutoFlowGuide.warm_start: {message}. A posterior without a reachable mode (a funnel, or "
+                          "log p unbounded along some direction) has no useful Laplace or MAP start; "
+                          "reparameterize the model or choose init_loc_fn", RuntimeWarning, stacklevel=3)
         name = f"{self.prefix}_flow"
         return WarmStart(method=method, loc=loc, scale_tril=None if factor is None else jnp.asarray(factor, loc.dtype),
                          log_density=-float(value), num_iterations=iterations, converged=converged, message=message,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -49,6 +50,8 @@ _SEED = 0
 #: iterations (no more progress at this precision).
 _WARM_START_METHODS = ("laplace", "map")
 _DEFAULT_WARM_START_STEPS = 1000
+#: draws of the Monte Carlo ELBO that decides between the warm start and the default start
+_START_ELBO_DRAWS = 64
 _WARM_START_HISTORY = 20
 _LINE_SEARCH_EVALS = 25
 _LAPLACE_MAX_DIM = 2000
@@ -92,7 +95,8 @@ class WarmStart:
     """What :meth:`AutoFlowGuide.warm_start` found (the same fields in numpyroflows).
 
     Attributes:
-        method: ``"laplace"`` or ``"map"`` (``"map"`` also when a Laplace start fell back to it; see ``message``).
+        method: ``"laplace"`` or ``"map"`` (``"map"`` also when a Laplace start fell back to it), or ``"none"`` when
+            the warm start's ELBO was below the default start's and the guide kept its default start; see ``message``.
         loc: the mode of ``log p(u)`` in unconstrained space, shape ``(D,)`` (the best point found).
         scale_tril: lower Cholesky factor of ``Σ = H⁻¹`` (``H`` the Hessian of ``-log p(u)`` at ``loc``, eigenvalues
             floored where needed); ``None`` for ``"map"``.
@@ -545,7 +549,10 @@ class AutoFlowGuide(AutoContinuous):
         The guide's parameters in Pyro's param store are replaced (entries of an earlier flow of this guide are
         removed, so a later ``svi.step`` trains the new ones; Adam state starts afresh). Run it before the SVI
         loop, with the model's arguments; a non-finite ``log p`` during the search stops it at the best point found,
-        with a warning. The constructor option ``warm_start=`` runs it on the guide's first call instead.
+        with a warning. Nothing is lost: the placed guide's ELBO (64 seeded draws) is compared with the default
+        start's ``N(init_loc, init_scale²)``, and where it is lower (a funnel, whose ``log p`` grows without bound as
+        the scale parameter falls, has no useful mode) the guide keeps the default start, with a warning. The
+        constructor option ``warm_start=`` runs it on the guide's first call instead.
 
         Args:
             *args, **kwargs: the model's arguments (``method`` and ``num_steps`` are taken by this method).
@@ -630,10 +637,39 @@ class AutoFlowGuide(AutoContinuous):
                               "eigenvalue(s) that are not clearly positive (the search did not reach a maximum, or the "
                               "posterior is flat in some direction); the guide uses sd init_scale in those directions",
                               RuntimeWarning, stacklevel=3)
-        self.flow = self._build_flow(loc, factor, exact=True)
+        warm, default = self._build_flow(loc, factor, exact=True), self._build_flow(self._init_loc())
+        elbo_warm, elbo_default = (self._start_elbo(f, fn) for f in (warm, default))
+        self.flow = warm
+        if not elbo_warm >= elbo_default:  # also when the warm start's ELBO is nan
+            self.flow, method, factor = default, "none", None
+            message += (f"; the warm start's ELBO ({elbo_warm:.6g}) is below the default start's ({elbo_default:.6g}),"
+                        " so the guide keeps its default start N(init_loc, init_scale²)")
+            warnings.warn(f"AutoFlowGuide.warm_start: {message}. A posterior without a reachable mode (a funnel, or "
+                          "log p unbounded along some direction) has no useful Laplace or MAP start; "
+                          "reparameterize the model or choose init_loc_fn", RuntimeWarning, stacklevel=3)
         return WarmStart(method=method, loc=loc, scale_tril=None if factor is None else factor.to(loc),
                          log_density=-value, num_iterations=iterations, converged=converged, message=message,
                          time_s=time.perf_counter() - start)
+
+    @torch.no_grad()
+    def _start_elbo(self, flow: Flow, neg_log_density: Callable[[Tensor], Tensor]) -> float:
+        """Monte Carlo ELBO ``E_q[log p(u) - log q(u)]`` of a starting flow from ``_START_ELBO_DRAWS`` seeded base
+        draws (the same draws for every flow compared); ``nan`` where a draw's value is not finite."""
+        z = self._base_draws(flow, _START_ELBO_DRAWS)
+        u, log_det = flow.transform().forward_and_log_det(z)
+        if flow.base is None:
+            log_base = -0.5 * (z * z).sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
+        else:
+            log_base = flow.base.log_prob(z)
+        log_q = log_base - log_det
+        total = 0.0
+        for i in range(z.shape[0]):
+            try:
+                total += float(-neg_log_density(u[i]) - log_q[i])
+            except ValueError:  # the model's argument checks rejecting a point
+                return math.nan
+        value = total / z.shape[0]
+        return value if math.isfinite(value) else math.nan
 
     def _base_draws(self, flow: Flow, n: int) -> Tensor:
         """``n`` base draws; from a generator seeded with ``_SEED`` for the standard normal base (the global RNG is
