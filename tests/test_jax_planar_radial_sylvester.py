@@ -253,3 +253,13 @@ def test_float32_finite_far_outside():
         assert bool(jnp.all(jnp.isfinite(g)))
     x_syl = outs[-1][0][:4]
     assert jnp.abs(jax.jit(jsy.sylvester_forward)(x_syl, q, r, rt, bs)[0] - pts[:4]).max() < 1e-4
+
+
+def test_planar_starts_at_the_identity():
+    from numpyroflows.transforms import PlanarTransform
+
+    t = PlanarTransform(5, key=jax.random.PRNGKey(3))
+    x = jax.random.normal(jax.random.PRNGKey(4), (50, 5))
+    y, ladj = t.forward_and_log_det(x)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(x), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(ladj), 0.0, atol=1e-6)

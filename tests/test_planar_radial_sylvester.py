@@ -265,3 +265,19 @@ def test_sylvester_rejects_bad_arguments():
         SylvesterTransform(3, num_ortho=4)
     with pytest.raises(ValueError):
         SylvesterTransform(3, q_type="orthogonal", num_householder=2)
+
+
+def test_planar_starts_at_the_identity_and_trains_away_from_it():
+    torch.manual_seed(0)
+    t = PlanarTransform(5)
+    x = torch.randn(50, 5)
+    y, ladj = t.forward_and_log_det(x)
+    torch.testing.assert_close(y, x, atol=1e-6, rtol=0)
+    torch.testing.assert_close(ladj, torch.zeros(50), atol=1e-6, rtol=0)
+    assert float(planar_constrain(t.head.u, t.head.w)[0].abs().max()) < 1e-6
+    # u gets a gradient at the identity (w and b follow once û is non-zero)
+    (t.forward_and_log_det(x)[0] ** 3).sum().backward()
+    assert float(t.head.u.grad.abs().max()) > 1e-3
+    amortized = PlanarTransform(5, context_dim=3, hidden_dims=())
+    y, _ = amortized.forward_and_log_det(x, torch.randn(50, 3))
+    assert float((y - x).abs().max()) < 0.05  # the context head's output weights are within ±1e-3 of zero

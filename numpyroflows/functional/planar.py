@@ -13,11 +13,16 @@ Shapes: ``x``/``y`` ``(..., D)``; ``u``, ``w`` ``(..., D)``; ``b`` ``(...)``; al
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from .root import bisect_increasing, newton_polish
+
+#: ``softplus⁻¹(1) = log(e - 1)``: with ``wᵀu`` equal to it, ``m(wᵀu) = 0`` and ``û = 0`` (the identity)
+IDENTITY_WTU = math.log(math.expm1(1.0))
 
 Array = jax.Array
 

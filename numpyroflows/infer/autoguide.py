@@ -269,7 +269,7 @@ class AutoFlowGuide(AutoContinuous):
     :class:`~numpyroflows.flows.Flow`, and the ELBO scores the guide's own sample from its forward pass (no inverse
     pass). ``loc`` and ``scale`` start so that the draws of ``u`` have mean ``init_loc`` (from ``init_loc_fn``) and
     standard deviation ``init_scale`` per coordinate; for the recipes that start at the identity (all but bnaf,
-    planar, radial, sylvester) this is ``loc = init_loc``, ``scale = init_scale``, i.e. the guide starts as
+    radial, sylvester) this is ``loc = init_loc``, ``scale = init_scale``, i.e. the guide starts as
     ``AutoNormal`` does. The flow's parameters are registered with ``numpyro.param`` under
     ``f"{prefix}_flow$<name>"`` (names as in :attr:`numpyroflows.flows.Flow.params`); their initial values are drawn
     with a key from ``numpyro.prng_key()`` on the guide's first call (``SVI.init``).
@@ -551,7 +551,7 @@ class AutoFlowGuide(AutoContinuous):
         * ``"laplace"``: ``H`` = ``jax.hessian`` of ``-log p(u)`` at the mode, ``Σ = H⁻¹`` (eigenvalues of ``H`` that
           are not positive are raised to ``1/init_scale²``, with a warning), and the chain becomes
           ``T -> LULinear (initialised to chol(Σ), identity permutation) -> DiagonalAffine (shift at the mode)``:
-          with identity-start flows (all but bnaf, planar, radial, sylvester) the guide at zero SVI steps is exactly
+          with identity-start flows (all but bnaf, radial, sylvester) the guide at zero SVI steps is exactly
           ``N(mode, Σ)``. The LU layer adds ``D²`` parameters and stays trainable; ``D`` above
           :attr:`laplace_max_dim` (2000) is refused.
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import jax
 
-from ..functional.planar import planar_constrain, planar_forward, planar_inverse
+from ..functional.planar import IDENTITY_WTU, planar_constrain, planar_forward, planar_inverse
 from ..nn.params import head_params, param_head_init
 from .base import FlowTransform, default_key
 
@@ -35,10 +35,11 @@ class PlanarTransform(FlowTransform):
         self.hidden_dims = tuple(int(h) for h in hidden_dims)
         d = self.input_dim
         bound = 1.0 / math.sqrt(d)
-        k_u, k_w, k_b, k_net = jax.random.split(default_key(key), 4)
+        _, k_w, k_b, k_net = jax.random.split(default_key(key), 4)
+        w = jax.random.uniform(k_w, (d,), minval=-bound, maxval=bound)
         init = {
-            "u": jax.random.uniform(k_u, (d,), minval=-bound, maxval=bound),
-            "w": jax.random.uniform(k_w, (d,), minval=-bound, maxval=bound),
+            "u": IDENTITY_WTU * w / (w @ w),  # û = 0: the identity, as in pyroflows
+            "w": w,
             "b": jax.random.uniform(k_b, (), minval=-bound, maxval=bound),
         }
         self.shapes = (("u", (d,)), ("w", (d,)), ("b", ()))

@@ -17,10 +17,15 @@ Shapes: ``x``/``y`` ``(..., D)``; ``u``, ``w`` ``(..., D)``; ``b`` ``(...)``; al
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from .root import bisect_increasing, newton_polish
+
+#: ``softplus⁻¹(1) = log(e - 1)``: with ``wᵀu`` equal to it, ``m(wᵀu) = 0`` and ``û = 0`` (the identity)
+IDENTITY_WTU = math.log(math.expm1(1.0))
 
 Tensor = torch.Tensor
 

@@ -283,7 +283,7 @@ class AutoFlowGuide(AutoContinuous):
     layer is a learnable :class:`~pyroflows.transforms.linear.DiagonalAffine`; the whole chain is one
     :class:`~pyroflows.flows.Flow`, so scoring the guide's own sample costs no inverse pass. ``loc`` and ``scale`` start
     so that the draws of ``u`` have mean ``init_loc`` (from ``init_loc_fn``) and standard deviation ``init_scale`` per
-    coordinate; for the recipes that start at the identity (all but bnaf, planar, radial, sylvester) this is
+    coordinate; for the recipes that start at the identity (all but bnaf, radial, sylvester) this is
     ``loc = init_loc``, ``scale = init_scale``, i.e. the guide starts as ``AutoNormal`` does.
 
     Choosing the flow: affine ``"iaf"`` (the default) samples and scores in one pass per layer and can make the scale
@@ -542,7 +542,7 @@ class AutoFlowGuide(AutoContinuous):
         * ``"laplace"``: ``H`` = the Hessian of ``-log p(u)`` at the mode (autodiff), ``Σ = H⁻¹`` (eigenvalues of
           ``H`` that are not positive are raised to ``1/init_scale²``, with a warning), and the chain becomes
           ``T -> LULinear (initialised to chol(Σ), identity permutation) -> DiagonalAffine (shift at the mode)``:
-          with identity-start flows (all but bnaf, planar, radial, sylvester) the guide at zero SVI steps is exactly
+          with identity-start flows (all but bnaf, radial, sylvester) the guide at zero SVI steps is exactly
           ``N(mode, Σ)``. The LU layer adds ``D²`` parameters and stays trainable; ``D`` above
           :attr:`laplace_max_dim` (2000) is refused.
 

@@ -104,7 +104,7 @@ class FlowEncoder(nn.Module):
 
     Defaults (``None``): ``num_transforms`` 2 for the autoregressive flows, 8 planar/radial, 4 Sylvester;
     ``hidden_dims`` ``(max(64, 4 latent_dim),) * 2`` for the MADE conditioners, ``()`` (linear in ``h``) for
-    planar/radial/Sylvester. Initialisation: the flows start at (autoregressive) or near (planar, radial, Sylvester:
+    planar/radial/Sylvester. Initialisation: the flows start at (autoregressive, planar) or near (radial, Sylvester:
     their recipes' random start) the identity; the mean head has PyTorch's default linear initialisation (so
     ``q`` depends on ``x`` from the start), the scale head starts at ``σ = init_scale`` for every ``x`` (1 by default:
     ``q`` starts as wide as a standard normal prior, KL ≈ ``|μ|²/2``, which trains well for VAEs).

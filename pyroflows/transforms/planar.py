@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..functional.planar import planar_constrain, planar_forward, planar_inverse
+from ..functional.planar import IDENTITY_WTU, planar_constrain, planar_forward, planar_inverse
 from ..nn.params import ParamHead
 from .base import FlowTransform
 
@@ -21,6 +21,9 @@ class PlanarTransform(FlowTransform):
     ``log|det| = log|1 + wᵀû tanh'(wᵀx + b)|``. The inverse solves the scalar monotone equation
     ``wᵀy = α + wᵀû tanh(α + b)`` for ``α = wᵀx`` by bracketed bisection and a differentiable Newton step, then
     ``x = y - û tanh(α + b)``: it inverts any ``y`` (Pyro's ``Planar`` only inverts its cached last output).
+
+    The layer starts at the identity: ``w`` and ``b`` are drawn in ``±1/√D`` and ``u = c w/‖w‖²`` with
+    ``c = softplus⁻¹(1)``, so that ``û = 0``; the first gradient step moves ``u``, and ``w``, ``b`` follow.
 
     With ``context_dim > 0`` all of ``u, w, b`` are produced from the context by an MLP (amortized planar flows, as in
     the VAE experiments of the paper); their batch shape is the context's and broadcasts against the input's.
@@ -41,9 +44,11 @@ class PlanarTransform(FlowTransform):
     def __init__(self, input_dim: int, context_dim: int = 0, hidden_dims: Sequence[int] = (64, 64)) -> None:
         super().__init__(input_dim, context_dim)
         bound = 1.0 / math.sqrt(self.input_dim)
+        w = torch.empty(self.input_dim).uniform_(-bound, bound)
         init = {
-            "u": torch.empty(self.input_dim).uniform_(-bound, bound),
-            "w": torch.empty(self.input_dim).uniform_(-bound, bound),
+            # u along w with wᵀu = softplus⁻¹(1): then wᵀû = m(wᵀu) = 0 and û = 0, the identity
+            "u": IDENTITY_WTU * w / w.dot(w),
+            "w": w,
             "b": torch.empty(()).uniform_(-bound, bound),
         }
         self.head = ParamHead(init, self.context_dim, hidden_dims)
