@@ -1,14 +1,8 @@
 """Elementwise affine and additive transformers, in JAX (mirrors :mod:`pyroflows.functional.affine`).
 
-Affine transformer (MAF, IAF, RealNVP; Papamakarios et al. 2017, Kingma et al. 2016, Dinh et al. 2017):
-``y = shift + exp(s)·x`` with the log-scale ``s = r / (1 + |r|/B)``, a rational soft clamp of the raw parameter ``r``
-into ``(-B, B)``, ``B = LOG_SCALE_BOUND = 5``: slope 1 at ``r = 0`` (raw zeros are the identity), bounded per layer so
-deep stacks stay stable, and the log-derivative ``s`` comes without a logarithm. Raw layout on the last axis:
-``[shift, raw_scale]``.
-
-Diagonal scale (``DiagonalAffine``, the LU diagonal, guide and encoder heads): ``scale = MIN_SCALE + softplus(raw +
-c)`` with ``c`` such that ``raw = 0`` gives 1 (:func:`affine_scale`); it grows linearly, not exponentially, in its raw
-parameter and is inverted in closed form by :func:`affine_scale_inverse` to start a layer at a given scale.
+The affine transformer ``y = shift + exp(s)·x`` with the soft-clamped log-scale ``s = r / (1 + |r|/5)``, the
+softplus diagonal scale of ``DiagonalAffine`` and its closed-form inverse, with the same formulas, constants and raw
+layouts as the torch module (whose docstring gives the reasons).
 Additive (NICE, Dinh et al. 2014): ``y = x + shift``, raw layout ``[shift]``, log-det 0.
 """
 
@@ -23,6 +17,7 @@ Array = jax.Array
 
 MIN_SCALE = 1e-3
 _SCALE_SHIFT = math.log(math.expm1(1.0 - MIN_SCALE))
+#: bound B of the affine transformer's log-scale: one layer scales by at most e^5 ≈ 148 either way
 LOG_SCALE_BOUND = 5.0
 _SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus returns its input above this
 

@@ -562,8 +562,7 @@ class AutoFlowGuide(AutoContinuous):
         stops the search at the best point found, with a warning. Nothing is lost: the placed guide's ELBO (64 draws
         under a fixed key) is compared with the default start's ``N(init_loc, init_scale²)``, and where it is lower (a
         funnel has no useful mode) the guide keeps the default start, with a warning. The constructor option
-        ``warm_start=`` runs it in
-        ``SVI.init`` instead. Run it outside ``jax.jit`` (it returns host values).
+        ``warm_start=`` runs it in ``SVI.init`` instead. Run it outside ``jax.jit`` (it returns host values).
 
         Args:
             *args, **kwargs: the model's arguments (``method``, ``num_steps`` and ``rng_key`` are taken by this method).
