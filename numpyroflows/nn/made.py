@@ -91,15 +91,14 @@ def _static_order(order):
 def _layers(params: dict[str, Array], input_dim: int, num_params: int, hidden_dims: tuple[int, ...], order):
     masks, shapes = made_masks(input_dim, num_params, hidden_dims, _static_order(order))
     flat = params["flat"]
-    out, start = [], 0
-    for m, (o, i) in zip(masks, shapes):
-        w = flat[start: start + o * i].reshape(o, i) * jnp.asarray(m, flat.dtype)
-        start += o * i
-        out.append((w, flat[start: start + o]))
-        start += o
-    if start != flat.shape[0]:
-        raise ValueError(f"MADE 'flat' has {flat.shape[0]} entries but the configuration needs {start}")
-    return out
+    sizes = [n for o, i in shapes for n in (o * i, o)]
+    if sum(sizes) != flat.shape[0]:
+        raise ValueError(f"MADE 'flat' has {flat.shape[0]} entries but the configuration needs {sum(sizes)}")
+    # one split, not a slice per tensor: the gradient of a split is a single concatenation, where XLA turns the
+    # gradients of separate slices into zero-padded copies summed together (~10-25% of a MADE's training step on CPU)
+    parts = jnp.split(flat, np.cumsum(sizes)[:-1].tolist())
+    return [(parts[2 * j].reshape(o, i) * jnp.asarray(m, flat.dtype), parts[2 * j + 1])
+            for j, (m, (o, i)) in enumerate(zip(masks, shapes))]
 
 
 def made_hidden(params: dict[str, Array], x: Array, context: Array | None, *, input_dim: int, num_params: int,
