@@ -1,10 +1,9 @@
 """Monotone rational-quadratic splines with linear tails (Durkan et al. 2019, "Neural Spline Flows"), in JAX.
 
-Mirrors :mod:`pyroflows.functional.spline` (its ``rqs_forward_reference``/``rqs_inverse_reference`` formulas; the
-fused torch autograd node is not ported, JAX differentiates the plain formulas). On ``[-bound, bound]`` the map is a
-piecewise rational-quadratic function through ``K + 1`` knots with positive derivatives at the knots; outside it is
-the identity (derivative 1 at both ends, so the map is C¹). Raw parameters are unconstrained: ``K`` bin widths,
-``K`` bin heights and ``K - 1`` interior derivatives, last axis laid out as ``[widths | heights | derivatives]``:
+Mirrors :mod:`pyroflows.functional.spline`. On ``[-bound, bound]`` the map is a piecewise rational-quadratic
+function through ``K + 1`` knots with positive derivatives at the knots; outside it is the identity (derivative 1 at
+both ends, so the map is C¹). Raw parameters are unconstrained: ``K`` bin widths, ``K`` bin heights and ``K - 1``
+interior derivatives, last axis laid out as ``[widths | heights | derivatives]``:
 
     widths  w_j = 2·bound·(m + (1 - m·K)·softmax(raw_w)_j),   knots x_j = -bound + Σ_{i<j} w_i   (same for heights)
     derivs  d_j = m_d + softplus(raw_d_j + c)  (j = 1..K-1),  d_0 = d_K = 1
@@ -17,6 +16,11 @@ with ``c`` chosen so that all-zero raw parameters give the identity. In bin ``k`
 and the inverse is the root of a quadratic in ``ξ``, taken on either sign of its linear coefficient in the form that
 does not cancel (:func:`_stable_root`).
 
+Speed (see ``benchmarks/RESULTS.md``): as pyroflows' fused kernel, the selected bin's knots are computed on a
+bins-first ``(3K - 1, N)`` layout over the flattened values (``param_axis=0`` accepts it directly, as autoregressive
+layers produce it), and :func:`_bin_params` carries a tangent rule that touches only the two selected knots. The
+rational-quadratic itself is left to JAX's autodiff, so every order of derivative is available.
+
 Numerics: inputs are clamped into the bound before any division, square root or logarithm (with ``where``, so that
 the gradient at exactly ``±bound`` passes to the input as torch's ``clamp`` does), the identity tails are added back
 as ``(x - x_c)`` after the in-bound part (exactly zero inside), and the root is clamped to ``[0, 1]`` in value only;
@@ -25,6 +29,7 @@ every branch of every ``where`` is finite, so values and gradients stay finite f
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -84,36 +89,113 @@ def _clamp(v: Array, bound: float) -> Array:
     return jnp.where(v > bound, bound, jnp.where(v < -bound, -bound, v))
 
 
-def _bin_params(params: Array, value: Array, bound: float, axis: int):
+def _unrolled_sum(t: Array, axis: int) -> Array:
+    """Sum over the (short, static) bins axis as a chain of adds of whole rows (see :func:`_bin_params` for when)."""
+    # one split, not a slice per row (in reverse mode a split becomes one concatenation, slices zero-padded copies)
+    return functools.reduce(jnp.add, [jnp.squeeze(u, axis) for u in jnp.split(t, t.shape[axis], axis)])
+
+
+def _reduce_sum(t: Array, axis: int) -> Array:
+    return jnp.sum(t, axis=axis)
+
+
+def _bin_quantities(params_t: Array, value: Array, bound: float, axis: int, rowsum=_reduce_sum):
+    """Forward of :func:`_bin_params`, and what its tangent rule reuses (bins-first: see there); ``rowsum(t, axis)``
+    sums over a bins axis."""
+    k = (params_t.shape[0] + 1) // 3
+    dtype = params_t.dtype
+    step = 2 * bound * MIN_BIN_WIDTH
+    lead = params_t.shape[1:]
+    col = (1,) * len(lead)  # broadcasts a (K,) vector down the bins axis
+    uwh = params_t[: 2 * k].reshape((2, k) + lead)
+    # softmax is shift-invariant: the max carries no gradient
+    e = jnp.exp(uwh - lax.stop_gradient(jnp.max(uwh, axis=1, keepdims=True)))  # (2, K, *S)
+    total = rowsum(e, 1)  # (2, *S)
+    r = (2 * bound * (1.0 - MIN_BIN_WIDTH * k)) / total
+    # interior knots j = 1..K-1 of the searched row, c_j + r·Σ_{i<j} e_i, the running sums as one small matmul with a
+    # 0/1 matrix (XLA's cumsum is a slow reduce-window on CPU)
+    tri = jnp.asarray(np.tri(k - 1, k, 0), dtype)
+    ce = jnp.tensordot(tri, e[axis], axes=1, precision=lax.Precision.HIGHEST)
+    inner = (jnp.arange(1, k, dtype=dtype) * step - bound).reshape((k - 1,) + col) + ce * r[axis]
+    idx = jnp.sum(value >= inner, axis=0)  # bin 0..K-1
+    # select by 0/1 masks over the bins axis: elementwise work that XLA fuses (a gather's gradient is a scatter-add)
+    bins = jnp.arange(k).reshape((k,) + col)
+    below = (bins < idx).astype(dtype)
+    at = (bins == idx).astype(dtype)
+    c_left = idx.astype(dtype) * step - bound
+    has_right = idx < k - 1  # is the right knot interior? (the last one is exactly ``bound``)
+    e_below = rowsum(e * below, 1)  # (2, *S): rows x and y
+    left = c_left + r * e_below
+    right = jnp.where(has_right, c_left + step + r * (e_below + rowsum(e * at, 1)), bound)
+    raw_d = params_t[2 * k:] + _DERIV_SHIFT  # interior derivatives 1..K-1
+    d = MIN_DERIVATIVE + _softplus(raw_d)
+    d0 = jnp.where(idx > 0, rowsum(d * at[1:], 0), 1.0)
+    d1 = jnp.where(has_right, rowsum(d * at[:-1], 0), 1.0)
+    shape = jnp.broadcast_shapes(value.shape, lead)
+    out = tuple(jnp.broadcast_to(t, shape) for t in
+                (left[0], right[0] - left[0], left[1], right[1] - left[1], d0, d1))
+    return out, (e, total, r, below, at, c_left, has_right, left, right, raw_d, shape)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _bin_params(params_t: Array, value: Array, bound: float, axis: int):
     """``(x_k, w_k, y_k, h_k, d_k, d_{k+1})`` of the bin holding each ``value`` (in the bound), searched along x
-    (``axis`` 0) or y (1) by counting the interior knots ``<= value``."""
-    xk, yk, d = spline_knots(params, bound)
-    shape = jnp.broadcast_shapes(value.shape, xk.shape[:-1])
-    knots = (xk, yk)[axis]
-    idx = jnp.sum(value[..., None] >= knots[..., 1:-1], axis=-1)  # 0..K-1
-    if axis == 0:
-        # along x (the density direction): select by a one-hot weighted sum over the K bins, elementwise work that
-        # XLA fuses and whose gradient is a product; measured ~10% faster per NSF training step on CPU than the
-        # gather below (whose gradient is a scatter-add). Along y the gather is faster (the fused one-hot backward
-        # of the root formula was 2x slower).
-        onehot = (idx[..., None] == jnp.arange(xk.shape[-1] - 1)).astype(xk.dtype)
+    (``axis`` 0) or y (1) by counting the interior knots ``<= value``.
 
-        def pick(t: Array) -> tuple[Array, Array]:
-            return tuple(jnp.broadcast_to(jnp.sum(onehot * u, axis=-1), shape) for u in (t[..., :-1], t[..., 1:]))
+    Bins-first: ``params_t`` is ``(3K - 1, *S)`` for values of shape ``S``, so that every op runs over the long
+    trailing axes and the sums over bins are adds of whole rows (the parameter axis last, as conditioners lay it out
+    per dimension, made this ~2x slower on CPU). The selected bin does not depend on ``value`` almost everywhere,
+    so ``value`` carries no derivative.
 
-        (x0, x1), (y0, y1), (d0, d1) = pick(xk), pick(yk), pick(d)
-        return x0, x1 - x0, y0, y1 - y0, d0, d1
-    idx = jnp.broadcast_to(idx, shape)
-    table = jnp.broadcast_to(jnp.stack([xk, yk, d], axis=-2), shape + (3, xk.shape[-1]))
-    sel = jnp.take_along_axis(table, jnp.stack([idx, idx + 1], axis=-1)[..., None, :], axis=-1)  # (..., 3, 2)
-    (x0, x1), (y0, y1), (d0, d1) = (tuple(jnp.moveaxis(sel[..., i, :], -1, 0)) for i in range(3))
-    return x0, x1 - x0, y0, y1 - y0, d0, d1
+    Derivatives by a tangent rule that uses only the two selected knots: with ``r = 2·bound·(1 - m·K)/Σe``, knot
+    ``j`` is ``c_j + r·Σ_{i<j} e_i``, so ``d knot_j = r·Σ_{i<j} e_i du_i - (knot_j - c_j)·Σ_i e_i du_i / Σe`` and
+    ``d d_j = sigmoid(raw_j + c)·d raw_j``. JAX transposes it for reverse mode (the same formula as the backward of
+    pyroflows' fused kernel); higher orders differentiate the rule itself.
+
+    Evaluated alone (sampling, scoring) the sums over bins are chains of row adds (:func:`_unrolled_sum`); under
+    differentiation the rule recomputes the values with plain reductions, which XLA fuses with the rest of a training
+    step (the unrolled adds made a spline training step ~3x slower, plain reductions made sampling ~2x slower).
+    The two agree to rounding.
+    """
+    return _bin_quantities(params_t, value, bound, axis, _unrolled_sum)[0]
+
+
+@_bin_params.defjvp
+def _bin_params_jvp(bound: float, axis: int, primals, tangents):
+    params_t, value = primals
+    dp, _ = tangents
+    out, (e, total, r, below, at, c_left, has_right, left, right, raw_d, shape) = _bin_quantities(
+        params_t, value, bound, axis)
+    k = e.shape[1]
+    step = 2 * bound * MIN_BIN_WIDTH
+    ed = e * dp[: 2 * k].reshape(e.shape)
+    mean = jnp.sum(ed, axis=1) / total
+    part_below = jnp.sum(ed * below, axis=1)
+    d_left = r * part_below - (left - c_left) * mean
+    d_right = jnp.where(has_right, r * (part_below + jnp.sum(ed * at, axis=1)) - (right - c_left - step) * mean, 0.0)
+    dd = jax.nn.sigmoid(raw_d) * dp[2 * k:]
+    tangent = (d_left[0], d_right[0] - d_left[0], d_left[1], d_right[1] - d_left[1],
+               jnp.sum(dd * at[1:], axis=0), jnp.sum(dd * at[:-1], axis=0))
+    return out, tuple(jnp.broadcast_to(t, shape) for t in tangent)
+
+
+def _flat(value: Array, params: Array, param_axis: int) -> tuple[Array, Array, tuple[int, ...]]:
+    """Values ``(N,)`` and raw parameters bins-first ``(3K - 1, N)`` over the broadcast shape ``S`` of both (``N``
+    its size), and ``S``: one long contiguous axis, whatever the batch shape (a short last axis, such as the ``1`` of
+    one dimension at a time, left XLA's CPU code unvectorised and ~4x slower)."""
+    if param_axis != 0:
+        params = jnp.moveaxis(params, param_axis, 0)
+    shape = jnp.broadcast_shapes(value.shape, params.shape[1:])
+    params = params.reshape(params.shape[:1] + (1,) * (len(shape) + 1 - params.ndim) + params.shape[1:])
+    params = jnp.broadcast_to(params, params.shape[:1] + shape).reshape(params.shape[0], -1)
+    return jnp.broadcast_to(value, shape).reshape(-1), params, shape
 
 
 def _log_deriv(xi: Array, s: Array, d0: Array, d1: Array, den: Array) -> Array:
+    """``log dy/dx = log(d_{k+1} ξ² + 2 s ξ(1-ξ) + d_k (1-ξ)²) + 2 log(s / den)``."""
     omx = 1 - xi
     num = d1 * xi * xi + 2 * s * xi * omx + d0 * omx * omx
-    return 2 * jnp.log(s) + jnp.log(num) - 2 * jnp.log(den)
+    return jnp.log(num) + 2 * jnp.log(s / den)
 
 
 def _stable_root(a: Array, b: Array, c: Array, root: Array) -> Array:
@@ -132,12 +214,13 @@ def _clamp_unit(xi: Array) -> Array:
     return xi + lax.stop_gradient(jnp.clip(xi, 0, 1) - xi)
 
 
-def rqs_forward(x: Array, params: Array, bound: float) -> tuple[Array, Array]:
+def rqs_forward(x: Array, params: Array, bound: float, param_axis: int = -1) -> tuple[Array, Array]:
     """``y = spline(x)`` and ``log |dy/dx|`` elementwise; ``params`` broadcasts to ``x.shape + (3K - 1,)``.
 
     Mirrors :func:`pyroflows.functional.spline.rqs_forward` (Durkan et al. 2019); any order of derivative in ``x``.
+    ``param_axis=0`` takes the parameters bins-first, ``(3K - 1,) + x.shape`` (the fast layout, no transpose).
     """
-    x = jnp.asarray(x)
+    x, params, shape = _flat(jnp.asarray(x), params, param_axis)
     xc = _clamp(x, bound)
     x0, w, y0, h, d0, d1 = _bin_params(params, xc, bound, 0)
     s = h / w
@@ -146,15 +229,16 @@ def rqs_forward(x: Array, params: Array, bound: float) -> tuple[Array, Array]:
     den = s + (d1 + d0 - 2 * s) * t
     y = y0 + h * (s * xi * xi + d0 * t) / den + (x - xc)  # identity tails: y_in is ±bound at the ends
     ladj = _log_deriv(xi, s, d0, d1, den) * (x == xc).astype(y.dtype)
-    return y, ladj
+    return y.reshape(shape), ladj.reshape(shape)
 
 
-def rqs_inverse(y: Array, params: Array, bound: float) -> tuple[Array, Array]:
+def rqs_inverse(y: Array, params: Array, bound: float, param_axis: int = -1) -> tuple[Array, Array]:
     """``x = spline⁻¹(y)`` (closed-form quadratic root) and ``log |dy/dx|`` at ``x`` (the *forward* log-derivative).
 
-    Mirrors :func:`pyroflows.functional.spline.rqs_inverse` (Durkan et al. 2019).
+    Mirrors :func:`pyroflows.functional.spline.rqs_inverse` (Durkan et al. 2019); ``param_axis`` as in
+    :func:`rqs_forward`.
     """
-    y = jnp.asarray(y)
+    y, params, shape = _flat(jnp.asarray(y), params, param_axis)
     yc = _clamp(y, bound)
     x0, w, y0, h, d0, d1 = _bin_params(params, yc, bound, 1)
     s = h / w
@@ -169,4 +253,4 @@ def rqs_inverse(y: Array, params: Array, bound: float) -> tuple[Array, Array]:
     x = x0 + xi * w + (y - yc)
     den = s + q * xi * (1 - xi)
     ladj = _log_deriv(xi, s, d0, d1, den) * (y == yc).astype(x.dtype)
-    return x, ladj
+    return x.reshape(shape), ladj.reshape(shape)

@@ -115,12 +115,23 @@ def made_hidden(params: dict[str, Array], x: Array, context: Array | None, *, in
     return act(h)
 
 
-def made_output(layers, h: Array, *, input_dim: int, num_params: int, dim: int | None = None) -> Array:
-    """Parameters ``(..., D, P)`` from the last hidden activation, or ``(..., 1, P)`` for one dimension."""
+def made_output(layers, h: Array, *, input_dim: int, num_params: int, dim: int | None = None,
+                params_first: bool = False) -> Array:
+    """Parameters ``(..., D, P)`` from the last hidden activation, or ``(..., 1, P)`` for one dimension.
+
+    ``params_first=True`` gives them as ``(P, D, ...)`` (``(P, 1, ...)``) instead: the output layer's
+    parameter-major units make that layout a plain reshape of ``W h`` (no transpose), and the spline runs faster on
+    it (see ``numpyroflows.transforms.transformers.Transformer._params_first``).
+    """
     w, b = layers[-1]
+    if dim is not None:  # units p·D + dim
+        w, b = w[dim::input_dim], b[dim::input_dim]
+    if params_first:
+        out = jnp.tensordot(w, h, axes=[[1], [h.ndim - 1]]) + b.reshape(b.shape + (1,) * (h.ndim - 1))
+        return out.reshape((num_params, input_dim if dim is None else 1) + h.shape[:-1])
     if dim is None:
         return params_view(h @ w.T + b, num_params, input_dim)
-    return (h @ w[dim::input_dim].T + b[dim::input_dim])[..., None, :]
+    return (h @ w.T + b)[..., None, :]
 
 
 def made_apply(params: dict[str, Array], x: Array, context: Array | None = None, *, input_dim: int, num_params: int,

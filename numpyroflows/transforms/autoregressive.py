@@ -68,24 +68,36 @@ class AutoregressiveTransform(FlowTransform):
         layers = _layers(made, self.input_dim, self.transformer.num_params, self.hidden_dims, self.order)
         h = made_hidden(made, known, context, hidden_dims=self.hidden_dims, order=self.order,
                         activation=self.activation, layers=layers, **self._kw())
-        theta = made_output(layers, h, **self._kw())
-        out, ld = self.transformer.forward(known, theta)
-        return out, ld.sum(-1)
+        if not self.transformer._params_first:
+            out, ld = self.transformer.forward(known, made_output(layers, h, **self._kw()))
+            return out, ld.sum(-1)
+        # parameters first, (P, D, *batch), and the values moved to (D, *batch) to match (see made_output)
+        theta = made_output(layers, h, params_first=True, **self._kw())
+        known = jnp.moveaxis(jnp.broadcast_to(known, h.shape[:-1] + known.shape[-1:]), -1, 0)
+        out, ld = self.transformer._forward_first(known, theta)
+        return jnp.moveaxis(out, 0, -1), ld.sum(0)
 
     def _sequential(self, params: dict, given: Array, context: Array | None):
         made = self._made(params)
         layers = _layers(made, self.input_dim, self.transformer.num_params, self.hidden_dims, self.order)
-        fn = self.transformer.inverse
         batch = jnp.broadcast_shapes(given.shape[:-1], () if context is None else context.shape[:-1])
         out = jnp.zeros(batch + given.shape[-1:], given.dtype)
         total = jnp.zeros(batch, given.dtype)
+        given = jnp.broadcast_to(given, out.shape)
+        first = self.transformer._params_first
         for dim in made_sequence(self.input_dim, self.order):
             h = made_hidden(made, out, context, hidden_dims=self.hidden_dims, order=self.order,
                             activation=self.activation, layers=layers, **self._kw())
-            theta = made_output(layers, h, dim=dim, **self._kw())
-            value, ld = fn(given[..., dim:dim + 1], theta)
-            out = out.at[..., dim].set(value[..., 0])
-            total = total + ld[..., 0]
+            if first:
+                theta = made_output(layers, h, dim=dim, params_first=True, **self._kw())  # (P, 1, *batch)
+                value, ld = self.transformer._inverse_first(given[..., dim][None], theta)
+                value, ld = value[0], ld[0]
+            else:
+                theta = made_output(layers, h, dim=dim, **self._kw())  # (*batch, 1, P)
+                value, ld = self.transformer.inverse(given[..., dim:dim + 1], theta)
+                value, ld = value[..., 0], ld[..., 0]
+            out = out.at[..., dim].set(value)
+            total = total + ld
         return out, total
 
     def _forward_ld(self, params: dict, x: Array, context: Array | None) -> tuple[Array, Array]:

@@ -51,6 +51,12 @@ class Transformer:
     def inverse(self, y: Array, params: Array) -> tuple[Array, Array]:
         raise NotImplementedError
 
+    #: Whether the transformer also takes its parameters first, ``(num_params,) + x.shape``, in ``_forward_first`` /
+    #: ``_inverse_first``: what a MADE's output layer produces without a transpose (parameter-major units), used by
+    #: autoregressive layers when set. The spline sets it (its bin selection runs ~2x faster on that layout on CPU);
+    #: for the affine maps the usual layout measured faster (sequential sampling 0.87x FlowJAX against 1.05x).
+    _params_first = False
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs().items())
         return f"{type(self).__name__}({args})"
@@ -113,6 +119,15 @@ class RQSpline(Transformer):
 
     def inverse(self, y: Array, params: Array) -> tuple[Array, Array]:
         x, ld = F_rqs.rqs_inverse(y, params, self.bound)
+        return x, -ld
+
+    _params_first = True
+
+    def _forward_first(self, x: Array, params: Array) -> tuple[Array, Array]:
+        return F_rqs.rqs_forward(x, params, self.bound, param_axis=0)
+
+    def _inverse_first(self, y: Array, params: Array) -> tuple[Array, Array]:
+        x, ld = F_rqs.rqs_inverse(y, params, self.bound, param_axis=0)
         return x, -ld
 
 

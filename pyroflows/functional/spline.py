@@ -344,15 +344,21 @@ def _fused(v: Tensor, params: Tensor, bound: float, inverse: bool) -> tuple[Tens
     return _RQSpline.apply(params.movedim(-1, 0).contiguous(), v.contiguous(), bound, inverse)
 
 
-def rqs_forward(x: Tensor, params: Tensor, bound: float) -> tuple[Tensor, Tensor]:
-    """``y = spline(x)`` and ``log |dy/dx|`` elementwise; ``params`` broadcasts to ``x.shape + (3K - 1,)``."""
+def rqs_forward(x: Tensor, params: Tensor, bound: float, param_axis: int = -1) -> tuple[Tensor, Tensor]:
+    """``y = spline(x)`` and ``log |dy/dx|`` elementwise; ``params`` broadcasts to ``x.shape + (3K - 1,)``.
+    ``param_axis=0`` takes the parameters bins-first, ``(3K - 1,) + x.shape``, the kernel's own layout (no copy)."""
+    if param_axis not in (-1, params.dim() - 1):
+        params = params.movedim(param_axis, -1)
     if _FUSED:
         return _fused(x, params, bound, False)
     return rqs_forward_reference(x, params, bound)
 
 
-def rqs_inverse(y: Tensor, params: Tensor, bound: float) -> tuple[Tensor, Tensor]:
-    """``x = spline⁻¹(y)`` (closed form) and ``log |dy/dx|`` at ``x`` (the *forward* log-derivative)."""
+def rqs_inverse(y: Tensor, params: Tensor, bound: float, param_axis: int = -1) -> tuple[Tensor, Tensor]:
+    """``x = spline⁻¹(y)`` (closed form) and ``log |dy/dx|`` at ``x`` (the *forward* log-derivative); ``param_axis``
+    as in :func:`rqs_forward`."""
+    if param_axis not in (-1, params.dim() - 1):
+        params = params.movedim(param_axis, -1)
     if _FUSED:
         return _fused(y, params, bound, True)
     return rqs_inverse_reference(y, params, bound)
