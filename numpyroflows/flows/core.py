@@ -118,6 +118,14 @@ class Flow:
                f"transforms={len(self.transforms)})"
 
 
+def base_log_prob(flow: Flow, z: Array) -> Array:
+    """Log-density of ``flow``'s base at ``z``: ``flow.base`` when set, else the standard normal, summed over the
+    last axis (mirrors :func:`pyroflows.flows.core.base_log_prob`)."""
+    if flow.base is not None:
+        return flow.base.log_prob(z)
+    return -0.5 * jnp.sum(z * z, -1) - flow.input_dim * _HALF_LOG_2PI
+
+
 class FlowDistribution(dist.Distribution):
     """The distribution of a :class:`Flow` (optionally conditioned on a context), a NumPyro ``Distribution``.
 
@@ -143,9 +151,7 @@ class FlowDistribution(dist.Distribution):
         return jax.random.normal(key, shape + self.event_shape)
 
     def _base_log_prob(self, z: Array) -> Array:
-        if self.flow.base is not None:
-            return self.flow.base.log_prob(z)
-        return -0.5 * jnp.sum(z * z, -1) - self.flow.input_dim * _HALF_LOG_2PI
+        return base_log_prob(self.flow, z)
 
     def sample_and_log_prob(self, key: Array, sample_shape: tuple = ()) -> tuple[Array, Array]:
         """Reparameterized samples and their log-density in one forward pass."""

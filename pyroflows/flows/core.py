@@ -88,6 +88,14 @@ class Flow(nn.Module):
         return f"input_dim={self.input_dim}, context_dim={self.context_dim}"
 
 
+def base_log_prob(flow: Flow, z: Tensor) -> Tensor:
+    """Log-density of ``flow``'s base at ``z``: ``flow.base`` when set, else the standard normal, summed over the
+    last axis."""
+    if flow.base is not None:
+        return flow.base.log_prob(z)
+    return -0.5 * (z * z).sum(-1) - flow.input_dim * _HALF_LOG_2PI
+
+
 class FlowDistribution(TorchDistribution):
     """The distribution of a :class:`Flow` (optionally conditioned on a context), a Pyro ``TorchDistribution``.
 
@@ -125,9 +133,7 @@ class FlowDistribution(TorchDistribution):
         return torch.randn(shape + self.event_shape, device=ref.device, dtype=ref.dtype)
 
     def _base_log_prob(self, z: Tensor) -> Tensor:
-        if self.flow.base is not None:
-            return self.flow.base.log_prob(z)
-        return -0.5 * (z * z).sum(-1) - self.flow.input_dim * _HALF_LOG_2PI
+        return base_log_prob(self.flow, z)
 
     # ----------------------------------------------------------------------------------------------- API
     def rsample(self, sample_shape: Sequence[int] = ()) -> Tensor:

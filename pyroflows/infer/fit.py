@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..flows.core import Flow
+from ..flows.core import Flow, base_log_prob
 from ..functional.affine import affine_scale_inverse
 from ..transforms.base import chain_inverse
 from ..transforms.linear import ActNorm, DiagonalAffine
@@ -32,15 +32,12 @@ from ._fit_common import (
 )
 
 Tensor = torch.Tensor
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 # ===================================================================================================== torch parts
 def _log_prob(flow: Flow, x: Tensor, context: Tensor | None) -> Tensor:
     """``flow(context).log_prob(x)`` without its per-call input checks (the data were checked once)."""
     z, ladj = chain_inverse(list(flow.transforms), x, context)
-    if flow.base is not None:
-        return flow.base.log_prob(z) + ladj
-    return -0.5 * (z * z).sum(-1) - flow.input_dim * _HALF_LOG_2PI + ladj
+    return base_log_prob(flow, z) + ladj
 
 
 def _with_standardization(flow: Flow, mean: np.ndarray, sd: np.ndarray) -> Flow:
