@@ -20,7 +20,7 @@ from pyro.params.param_store import param_with_module_name
 from torch.distributions import biject_to
 
 from ..flows import recipes
-from ..flows.core import Flow, FlowDistribution
+from ..flows.core import Flow, FlowDistribution, base_log_prob
 from ..functional.affine import MIN_SCALE, affine_scale_inverse
 from ..nn.made import MADE
 from ..nn.mlp import MLP
@@ -657,11 +657,7 @@ class AutoFlowGuide(AutoContinuous):
         draws (the same draws for every flow compared); ``nan`` where a draw's value is not finite."""
         z = self._base_draws(flow, _START_ELBO_DRAWS)
         u, log_det = flow.transform().forward_and_log_det(z)
-        if flow.base is None:
-            log_base = -0.5 * (z * z).sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
-        else:
-            log_base = flow.base.log_prob(z)
-        log_q = log_base - log_det
+        log_q = base_log_prob(flow, z) - log_det
         total = 0.0
         for i in range(z.shape[0]):
             try:
