@@ -256,6 +256,39 @@ def test_spline_parameters_first_layout_equals_last(direction, shape):
     np.testing.assert_allclose(t_out[0].numpy(), last[0], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("direction", ["forward", "inverse"])
+@pytest.mark.parametrize(("shape", "p_batch"), [((40, 3), (3,)), ((6, 5, 2), (5, 1)), ((7, 4), ())])
+def test_shared_spline_parameters_equal_broadcast_ones(direction, shape, p_batch):
+    """Parameters shared across the values (an elementwise layer: knots computed once, each value's bin gathered)
+    give the values, parameter and input gradients and second input derivatives of the same parameters broadcast
+    to every value (the per-value path)."""
+    rng = np.random.default_rng(11)
+    fn = JAX_SPLINES[direction]
+    x = jnp.asarray(rng.uniform(-1.2 * BOUND, 1.2 * BOUND, shape))
+    p = jnp.asarray(1.5 * rng.standard_normal(p_batch + (17,)))
+    full = jnp.broadcast_to(p, shape + (17,))
+    assert JS._flat(x, p, -1)[3] and not JS._flat(x, full, -1)[3]  # the two paths are the ones compared
+
+    def loss(q, v):
+        out, ladj = fn(v, q, BOUND)
+        return (out * out).sum() + ladj.sum()
+
+    jitted = jax.jit(fn, static_argnums=2)
+    for a, b in zip(jitted(x, p, BOUND), jitted(x, full, BOUND)):
+        assert a.shape == b.shape == shape
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+    g_shared, gx_shared = jax.jit(jax.grad(loss, argnums=(0, 1)))(p, x)
+    # the broadcast inside: the spline sees per-value parameters, autodiff sums their gradients back to p's shape
+    g_full, gx_full = jax.jit(jax.grad(lambda q, v: loss(jnp.broadcast_to(q, shape + (17,)), v), argnums=(0, 1)))(
+        p, x)
+    np.testing.assert_allclose(g_shared, g_full, rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(gx_shared, gx_full, rtol=1e-12, atol=1e-13)
+    # second derivative in x (a Hessian-vector product): the shared path leaves x to plain autodiff
+    t = jnp.asarray(rng.standard_normal(shape))
+    hvp = [jax.jit(lambda q, v: jax.jvp(jax.grad(lambda u: loss(q, u)), (v,), (t,))[1])(q, x) for q in (p, full)]
+    np.testing.assert_allclose(hvp[0], hvp[1], rtol=1e-10, atol=1e-12)
+
+
 # ------------------------------------------------------------------------------------------------ affine parity
 @pytest.mark.parametrize("param_batch", [True, False])
 @pytest.mark.parametrize("name", ["affine_forward", "affine_inverse", "additive_forward", "additive_inverse"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -23,7 +25,10 @@ def _inputs(n: int = 40, k: int = 6, bound: float = 3.0, seed: int = 0, param_ba
 @pytest.mark.parametrize("param_batch", [True, False])
 def test_fused_matches_reference_values_and_gradients(direction, param_batch):
     x, p = _inputs(param_batch=param_batch)
-    fused = S.rqs_forward if direction == "forward" else S.rqs_inverse
+    # parameters shared across the batch take the reference path in rqs_forward / rqs_inverse (knots once, gathered);
+    # the kernel itself (which expands them) is checked directly
+    assert S._shared(x, p) == (not param_batch)
+    fused = functools.partial(S._fused, inverse=direction == "inverse")
     ref = S.rqs_forward_reference if direction == "forward" else S.rqs_inverse_reference
     xa, pa = x.clone().requires_grad_(), p.clone().requires_grad_()
     xb, pb = x.clone().requires_grad_(), p.clone().requires_grad_()
@@ -53,6 +58,24 @@ def test_fused_gradcheck(fn):
     x[:4] /= 30
     x[4:6] = 0.5  # finite differences must not straddle the kink of the log-derivative at the bound
     assert torch.autograd.gradcheck(lambda a, b: fn(a, b, 3.0), (x.requires_grad_(), p.requires_grad_()))
+
+
+def test_shared_parameters_take_the_reference_path():
+    """An elementwise layer's parameters (one set per dimension) give the same values and gradients by either path
+    (the shared one computes the knots once), and rqs_forward / rqs_inverse route them there."""
+    x, p = _inputs(n=64, param_batch=False)
+    x[4:6] = 0.7  # off the bound (see above)
+    full = p.expand(x.shape + p.shape[-1:])
+    assert S._shared(x, p) and not S._shared(x, full)
+    for fn in (S.rqs_forward, S.rqs_inverse):
+        pa, pb = p.clone().requires_grad_(), p.clone().requires_grad_()
+        out_a, l_a = fn(x, pa, 3.0)
+        out_b, l_b = fn(x, pb.expand_as(full), 3.0)
+        torch.testing.assert_close(out_a, out_b, atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(l_a, l_b, atol=1e-12, rtol=1e-12)
+        (out_a.sum() + l_a.square().sum()).backward()
+        (out_b.sum() + l_b.square().sum()).backward()
+        torch.testing.assert_close(pa.grad, pb.grad, atol=1e-10, rtol=1e-10)
 
 
 def test_reference_supports_second_derivatives_in_the_input():
