@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 
 DATA = Path(__file__).resolve().parent / "data" / "posteriordb"
+#: the posteriordb reference draws (not shipped here: 4 MB of JSON); used for the noise floor when present
+SHARED_DRAWS = Path(__file__).resolve().parents[2] / "shared" / "data" / "posteriordb"
 
 
 @dataclass
@@ -32,11 +34,31 @@ class Posterior:
     pyro_model: Callable[[], None]
     numpyro_model: Callable[[], None]
     reference: dict[str, tuple[float, float]]  # scalar name -> (mean, sd)
+    #: ``exact(rng, n)``: ``n`` independent posterior draws keyed like ``reference`` (for the noise floor of the
+    #: scores), or ``None`` where none are at hand
+    exact: Callable[[np.random.Generator, int], dict[str, np.ndarray]] | None = None
 
 
 def _reference(folder: str) -> dict[str, tuple[float, float]]:
     with open(DATA / folder / "reference_summary.csv") as f:
         return {row["param"]: (float(row["mean"]), float(row["sd"])) for row in csv.DictReader(f)}
+
+
+def _bootstrap(folder: str) -> Callable[[np.random.Generator, int], dict[str, np.ndarray]] | None:
+    """Draws with replacement from posteriordb's reference draws (10 chains x 1000 thinned NUTS draws, near
+    independent), where the file is at hand."""
+    path = SHARED_DRAWS / folder / "reference_draws.json"
+    if not path.exists():
+        return None
+    chains = json.loads(path.read_text())
+    pooled = {k: np.concatenate([np.asarray(c[k], dtype=float) for c in chains]) for k in chains[0]}
+    size = len(next(iter(pooled.values())))
+
+    def exact(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+        idx = rng.integers(0, size, n)
+        return {k: v[idx] for k, v in pooled.items()}
+
+    return exact
 
 
 def _data(folder: str) -> dict:
@@ -115,7 +137,8 @@ def eight_schools() -> Posterior:
             theta = numpyro.deterministic("theta", mu + tau * theta_trans)
             numpyro.sample("y", dist.Normal(theta, jnp.asarray(sigma)), obs=jnp.asarray(y))
 
-    return Posterior("eight_schools_noncentered", 10, pyro_model, numpyro_model, _reference(folder))
+    return Posterior("eight_schools_noncentered", 10, pyro_model, numpyro_model, _reference(folder),
+                     _bootstrap(folder))
 
 
 def kidiq() -> Posterior:
@@ -148,7 +171,8 @@ def kidiq() -> Posterior:
             mean = beta[..., 0] + beta[..., 1] * jnp.asarray(mom)
             numpyro.sample("kid_score", dist.Normal(mean, sigma), obs=jnp.asarray(kid))
 
-    return Posterior("kidiq_momiq", 3, pyro_model, numpyro_model, _reference(folder))
+    return Posterior("kidiq_momiq", 3, pyro_model, numpyro_model, _reference(folder),
+                     _bootstrap(folder))
 
 
 def earnings() -> Posterior:
@@ -183,7 +207,8 @@ def earnings() -> Posterior:
             mean = jnp.sum(beta * jnp.asarray(design), -1)
             numpyro.sample("log_earn", dist.Normal(mean, sigma), obs=jnp.asarray(log_earn))
 
-    return Posterior("earnings_interaction", 5, pyro_model, numpyro_model, _reference(folder))
+    return Posterior("earnings_interaction", 5, pyro_model, numpyro_model, _reference(folder),
+                     _bootstrap(folder))
 
 
 def garch() -> Posterior:
@@ -246,7 +271,8 @@ def garch() -> Posterior:
         with numpyro.plate("T", len(y)):
             numpyro.sample("y", dist.Normal(mu, scale), obs=yj)
 
-    return Posterior("garch11", 4, pyro_model, numpyro_model, _reference(folder))
+    return Posterior("garch11", 4, pyro_model, numpyro_model, _reference(folder),
+                     _bootstrap(folder))
 
 
 def funnel(dim: int = 10) -> Posterior:
@@ -270,8 +296,13 @@ def funnel(dim: int = 10) -> Posterior:
         with numpyro.plate("i", dim - 1):
             numpyro.sample("x", dist.Normal(0.0, jnp.exp(v / 2)))
 
+    def exact(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+        v = rng.normal(0.0, 3.0, n)
+        x = rng.normal(0.0, 1.0, (dim - 1, n)) * np.exp(v / 2)
+        return {"v": v, **{f"x[{i + 1}]": x[i] for i in range(dim - 1)}}
+
     ref = {"v": (0.0, 3.0), **{f"x[{i + 1}]": (0.0, math.exp(2.25)) for i in range(dim - 1)}}
-    return Posterior(f"funnel{dim}", dim, pyro_model, numpyro_model, ref)
+    return Posterior(f"funnel{dim}", dim, pyro_model, numpyro_model, ref, exact)
 
 
 def banana() -> Posterior:
@@ -291,7 +322,12 @@ def banana() -> Posterior:
         x0 = numpyro.sample("x0", dist.Normal(0.0, 10.0))
         numpyro.sample("x1", dist.Normal(0.03 * (x0**2 - 100), 1.0))
 
-    return Posterior("banana", 2, pyro_model, numpyro_model, {"x0": (0.0, 10.0), "x1": (0.0, math.sqrt(19.0))})
+    def exact(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+        x0 = rng.normal(0.0, 10.0, n)
+        return {"x0": x0, "x1": rng.normal(0.03 * (x0**2 - 100), 1.0)}
+
+    return Posterior("banana", 2, pyro_model, numpyro_model, {"x0": (0.0, 10.0), "x1": (0.0, math.sqrt(19.0))},
+                     exact)
 
 
 POSTERIORS: dict[str, Callable[[], Posterior]] = {

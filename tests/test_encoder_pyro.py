@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -275,10 +276,16 @@ def test_vae_example_runs_with_a_tiny_budget():
     train, test, _ = example.load_mnist()
     assert train.shape == (5000, 784) and test.shape == (10000, 784)
     try:
-        r = example.run_pyro("iaf", train[::25], example.binarize_fixed(test[:200]), epochs=1, iw_k=8, iw_n=20)
+        r = example.run_pyro("iaf", train[::25], example.binarize_fixed(test[:200]), epochs=1, warmup=1, iw_k=8,
+                             iw_n=20)
     finally:
         pyroflows.set_validation(True)  # the example switches the input checks off
     assert r["samples"].shape == r["recon"].shape == (10, 784)
     for key in ("elbo", "train_elbo", "elbo_iw_subset", "log_px"):
         assert math.isfinite(r[key]) and -800 < r[key] < 0, key
     assert r["log_px"] >= r["elbo_iw_subset"] - 5.0  # the k=8 bound is at least about the ELBO
+    # the KL warm-up (Rezende & Mohamed 2015): 0.01 + t/T per step, capped at 1; none with warmup=0
+    np.testing.assert_allclose(example.kl_weights(0, 4, 2), [0.01, 0.135, 0.26, 0.385], rtol=1e-6)
+    np.testing.assert_allclose(example.kl_weights(1, 4, 2), [0.51, 0.635, 0.76, 0.885], rtol=1e-6)
+    np.testing.assert_array_equal(example.kl_weights(2, 4, 2), np.ones(4))
+    np.testing.assert_array_equal(example.kl_weights(0, 4, 0), np.ones(4))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -559,9 +560,10 @@ class AutoFlowGuide(AutoContinuous):
         ``numpyro.param`` sites, so a following ``svi.init`` / ``svi.run`` starts from it. If SVI was already
         initialised, pass ``init_params=result.params`` to ``svi.init``/``svi.run`` (the parameter layout of
         ``"laplace"`` differs from the default one, so an old SVI state cannot be continued). A non-finite ``log p``
-        stops the search at the best point found, with a warning. Nothing is lost: the placed guide's ELBO (64 draws
-        under a fixed key) is compared with the default start's ``N(init_loc, init_scale²)``, and where it is lower (a
-        funnel has no useful mode) the guide keeps the default start, with a warning. The constructor option
+        stops the search at the best point found, with a warning. Nothing is lost: unless the search converged to a
+        clean mode (``"laplace"`` with a positive-definite Hessian, kept as is), the placed guide's ELBO (64 draws under
+        a fixed key) is compared with the default start's ``N(init_loc, init_scale²)``, and where it is lower or not
+        finite (a funnel has no useful mode) the guide keeps the default start, with a warning. The constructor option
         ``warm_start=`` runs it in ``SVI.init`` instead. Run it outside ``jax.jit`` (it returns host values).
 
         Args:
@@ -635,7 +637,7 @@ class AutoFlowGuide(AutoContinuous):
                           "from a better point with init_loc_fn=init_to_value(...)", RuntimeWarning, stacklevel=3)
         else:
             message = f"stopped after num_steps={num_steps} iterations"
-        factor = None
+        factor, floored = None, 0
         if method == "laplace":
             hess = np.asarray(jax.jit(jax.hessian(fn))(loc), np.float64)
             failure = None if np.all(np.isfinite(hess)) else "is not finite"
@@ -658,7 +660,11 @@ class AutoFlowGuide(AutoContinuous):
         warm, default = self._build_flow(loc, key, factor, exact=True), self._build_flow(u0, key)
         elbo_warm, elbo_default = (_start_elbo(f, fn) for f in (warm, default))
         self._flow = flow = warm
-        if not elbo_warm >= elbo_default:  # also when the warm start's ELBO is nan
+        # A clean Laplace start (the search converged, the Hessian positive definite) is kept whatever its ELBO: a
+        # start's ELBO does not predict where SVI ends (a Laplace start wider than N(init_loc, init_scale²) scores
+        # lower, then trains to a better fit: banana, eight schools), and the check is for modes that are not real
+        if not math.isfinite(elbo_warm) or (not (method == "laplace" and converged and not floored)
+                                            and not elbo_warm >= elbo_default):
             self._flow, flow, method, factor = default, default, "none", None
             message += (f"; the warm start's ELBO ({elbo_warm:.6g}) is below the default start's ({elbo_default:.6g}),"
                         " so the guide keeps its default start N(init_loc, init_scale²)")

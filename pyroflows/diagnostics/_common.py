@@ -26,7 +26,8 @@ VERDICT_USABLE = (
 )
 VERDICT_UNRELIABLE = (
     "unreliable: the guide misses posterior mass in the tails; do not trust its draws, its ELBO or "
-    "importance-weighted estimates; try a richer guide (e.g. a flow) or MCMC"
+    "importance-weighted estimates; try a richer guide (e.g. a flow), more steps or particles, a start at the "
+    "Laplace approximation (AutoFlowGuide(..., warm_start=\"laplace\")), or MCMC"
 )
 
 

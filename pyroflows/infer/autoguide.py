@@ -549,9 +549,11 @@ class AutoFlowGuide(AutoContinuous):
         The guide's parameters in Pyro's param store are replaced (entries of an earlier flow of this guide are
         removed, so a later ``svi.step`` trains the new ones; Adam state starts afresh). Run it before the SVI
         loop, with the model's arguments; a non-finite ``log p`` during the search stops it at the best point found,
-        with a warning. Nothing is lost: the placed guide's ELBO (64 seeded draws) is compared with the default
-        start's ``N(init_loc, init_scale²)``, and where it is lower (a funnel, whose ``log p`` grows without bound as
-        the scale parameter falls, has no useful mode) the guide keeps the default start, with a warning. The
+        with a warning. Nothing is lost: unless the search converged to a clean mode (``"laplace"`` with a
+        positive-definite Hessian, kept as is), the placed guide's ELBO (64 seeded draws) is compared with the default
+        start's ``N(init_loc, init_scale²)``, and where it is lower or not finite (a funnel, whose ``log p`` grows
+        without bound as the scale parameter falls, has no useful mode) the guide keeps the default start, with a
+        warning. The
         constructor option ``warm_start=`` runs it on the guide's first call instead.
 
         Args:
@@ -617,7 +619,7 @@ class AutoFlowGuide(AutoContinuous):
                              "(the mode, no Hessian), or raise AutoFlowGuide.laplace_max_dim if you have the memory")
         fn = self._neg_log_density(args, kwargs)
         loc, value, iterations, converged, message = _minimize_lbfgs(fn, self._init_loc().detach(), num_steps)
-        factor = None
+        factor, floored = None, 0
         if method == "laplace":
             hess = _hessian(fn, loc)
             failure = None if bool(torch.isfinite(hess).all()) else "is not finite"
@@ -640,7 +642,11 @@ class AutoFlowGuide(AutoContinuous):
         warm, default = self._build_flow(loc, factor, exact=True), self._build_flow(self._init_loc())
         elbo_warm, elbo_default = (self._start_elbo(f, fn) for f in (warm, default))
         self.flow = warm
-        if not elbo_warm >= elbo_default:  # also when the warm start's ELBO is nan
+        # A clean Laplace start (the search converged, the Hessian positive definite) is kept whatever its ELBO: a
+        # start's ELBO does not predict where SVI ends (a Laplace start wider than N(init_loc, init_scale²) scores
+        # lower, then trains to a better fit: banana, eight schools), and the check is for modes that are not real
+        if not math.isfinite(elbo_warm) or (not (method == "laplace" and converged and not floored)
+                                            and not elbo_warm >= elbo_default):
             self.flow, method, factor = default, "none", None
             message += (f"; the warm start's ELBO ({elbo_warm:.6g}) is below the default start's ({elbo_default:.6g}),"
                         " so the guide keeps its default start N(init_loc, init_scale²)")
