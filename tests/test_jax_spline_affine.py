@@ -207,7 +207,8 @@ def test_bin_params_tangent_rule_matches_autodiff_all_orders(axis):
         return lambda q: sum((a * b).sum() for a, b in zip(w, fn(q)))
 
     def flat_bins(q):  # values and parameters flattened bins-first, as rqs_forward hands them over
-        v_flat, q_flat, shape = JS._flat(v, q, -1)
+        v_flat, q_flat, shape, shared = JS._flat(v, q, -1)
+        assert not shared  # per-value parameters: the path with the tangent rule
         return [t.reshape(shape) for t in JS._bin_params(q_flat, v_flat, BOUND, axis)]
 
     ours = scalar(flat_bins)
