@@ -239,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"posterior accuracy benchmark  {info['date_utc']}  {info['cpu_model']}, {info['usable_cores']} cores; "
           f"{args.steps} SVI steps, {args.draws} draws")
     results: dict = {}
+    floors: dict[str, dict | None] = {}  # per posterior, shared by the backends
     for backend in args.backend:
         make_guides, run = BACKENDS[backend]
         guides = make_guides()
@@ -253,7 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 except Exception as err:  # one guide failing on one model must not stop the table
                     rows[name] = {"error": f"{type(err).__name__}: {err}"}
                 sys.stdout.flush()
-            floor = noise_floor(post, args.draws)
+            if key not in floors:
+                floors[key] = noise_floor(post, args.draws)
+            floor = floors[key]
             results.setdefault(backend, {})[post.name] = {"rows": rows, "verdicts": verdicts(rows),
                                                           "noise_floor": floor}
             print_posterior(backend, post, rows, floor)

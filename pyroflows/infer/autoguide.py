@@ -96,7 +96,9 @@ class WarmStart:
 
     Attributes:
         method: ``"laplace"`` or ``"map"`` (``"map"`` also when a Laplace start fell back to it), or ``"none"`` when
-            the warm start's ELBO was below the default start's and the guide kept its default start; see ``message``.
+            the guide kept its default start: the search found no clean mode (not converged, or eigenvalues floored;
+            or ``"map"``) and the warm start's ELBO was below the default start's, or it was not finite; see
+            ``message``.
         loc: the mode of ``log p(u)`` in unconstrained space, shape ``(D,)`` (the best point found).
         scale_tril: lower Cholesky factor of ``Σ = H⁻¹`` (``H`` the Hessian of ``-log p(u)`` at ``loc``, eigenvalues
             floored where needed); ``None`` for ``"map"``.
@@ -645,8 +647,8 @@ class AutoFlowGuide(AutoContinuous):
         # A clean Laplace start (the search converged, the Hessian positive definite) is kept whatever its ELBO: a
         # start's ELBO does not predict where SVI ends (a Laplace start wider than N(init_loc, init_scale²) scores
         # lower, then trains to a better fit: banana, eight schools), and the check is for modes that are not real
-        if not math.isfinite(elbo_warm) or (not (method == "laplace" and converged and not floored)
-                                            and not elbo_warm >= elbo_default):
+        clean = method == "laplace" and converged and not floored
+        if not math.isfinite(elbo_warm) or (not clean and not elbo_warm >= elbo_default):
             self.flow, method, factor = default, "none", None
             message += (f"; the warm start's ELBO ({elbo_warm:.6g}) is below the default start's ({elbo_default:.6g}),"
                         " so the guide keeps its default start N(init_loc, init_scale²)")
