@@ -25,26 +25,25 @@ a diagonal Gaussian and 85.1 for 80 planar layers; Kingma et al. (2016) about 79
 and minutes of CPU the absolute numbers are far from these; what can be compared is the ordering and the gap
 between ELBO and log p(x).
 
-Results of 2026-11-24, sixth session (defaults: 100 epochs of which 50 warm up, ``k = 1000`` on the first 1000 test
-images; test -ELBO on all 10k / -log p(x); nats, one seed): Pyro diagonal 105.54 / 97.56, planar 106.11 / 96.92, IAF
-104.87 / 97.34, spline IAF 105.61 / 97.90; NumPyro diagonal 105.53 / 97.54, planar 105.56 / 96.79, IAF 104.88 / 97.16,
-spline IAF 105.67 / 98.08. The warm-up lowered every encoder's -log p(x) by 3.7-7.8 nats (without it, fourth session:
-101.2-104.8) and the test -ELBO by 2.6-6.6. Both flows now lead the diagonal Gaussian in -log p(x) in both backends
-(planar by 0.6-0.8 nats, IAF by 0.2-0.4) and IAF has the best test ELBO, so the papers' "diagonal last" is reproduced;
-their "IAF ahead of planar" is not, and a second seed (NumPyro, ``SEED = 1``: diagonal 105.63 / 97.85, planar 106.06
-/ 97.66, IAF 105.40 / 98.03, spline IAF 106.15 / 98.42) puts IAF behind the diagonal Gaussian in -log p(x): on 5k
-images the encoders end within 1 nat of each other, about the seed-to-seed spread, while the model overfits (train
--ELBO 97-99 against 105-106 on test). What held in all three runs: IAF has the best test ELBO, planar the best
--log p(x). Without warm-up (fourth session) planar was last in both backends.
+Results of 2026-11-24, seventh session (defaults: 100 epochs of which 50 warm up, ``k = 1000`` on the first 1000
+test images; ``--seeds 0 1 2``; test -ELBO on all 10k / -log p(x), mean over the three seeds; nats): Pyro diagonal
+105.59 / 97.70, planar 105.96 / 97.03, IAF 104.93 / 97.29, spline IAF 105.93 / 98.07; NumPyro diagonal 105.70 /
+97.43, planar 105.57 / 96.80, IAF 104.84 / 97.16. Planar and IAF lead the diagonal Gaussian in -log p(x) in both
+backends (Pyro: by 0.67 ± 0.23 and 0.41 ± 0.12, paired by seed), which is the papers' "diagonal last"; planar leads
+IAF (0.26 ± 0.17 in Pyro, 0.36 ± 0.02 in NumPyro), which is not their "IAF ahead of planar". IAF has the best test
+ELBO and the smallest ELBO gap in both. The warm-up lowered every encoder's -log p(x) by 3.7-7.8 nats (sixth session).
+On 5k images the model overfits (train -ELBO 97-99 against 105-106 on test) and one encoder's -log p(x) moves by
+0.1-0.5 nats between seeds, the size of the differences between the flows: use several ``--seeds`` to compare
+encoders. ``benchmarks/RESULTS.md`` has the per-seed figures.
 
 Run from the repository root::
 
-    python examples/vae_mnist.py --backend pyro [--quick]      # or --backend numpyro
+    python examples/vae_mnist.py --backend pyro [--quick] [--seeds 0 1 2]     # or --backend numpyro
 
 ``--quick`` (a tiny budget, under two minutes) checks that everything runs; the defaults (100 epochs, ``k = 1000`` on
-1000 test images) took 7 minutes with Pyro and 4 with NumPyro (whose epochs run as one compiled ``lax.scan``) in the
-sixth session, 17 and 5 in an earlier one, on one core of a shared two-core machine (``--threads``, default 1:
-there, two threads made PyTorch's small matrix products up to 20 times slower).
+1000 test images, one seed) took 7 minutes with Pyro and 4 with NumPyro (whose epochs run as one compiled
+``lax.scan``) in the sixth session, 17 and 5 in an earlier one, on one core of a shared two-core machine
+(``--threads``, default 1: there, two threads made PyTorch's small matrix products up to 20 times slower).
 """
 
 from __future__ import annotations
@@ -53,6 +52,7 @@ import argparse
 import math
 import os
 import time
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -107,7 +107,7 @@ def binarize_fixed(images: np.ndarray, seed: int = SEED) -> np.ndarray:
 
 
 def run_pyro(name: str, train: np.ndarray, test_bin: np.ndarray, epochs: int, warmup: int, iw_k: int,
-             iw_n: int) -> dict:
+             iw_n: int, seed: int = SEED) -> dict:
     import pyro
     import pyro.distributions as dist
     import torch
@@ -119,7 +119,7 @@ def run_pyro(name: str, train: np.ndarray, test_bin: np.ndarray, epochs: int, wa
     from pyroflows.nn import MLP
 
     pyro.clear_param_store()
-    pyro.set_rng_seed(SEED)
+    pyro.set_rng_seed(seed)
     pyroflows.set_validation(False)  # skip the NaN checks on inputs in the training loop
     encoder = FlowEncoder(FeatureMLP(784, HIDDEN), LATENT, **ENCODERS[name])
     decoder = MLP(LATENT, 784, HIDDEN)
@@ -139,7 +139,7 @@ def run_pyro(name: str, train: np.ndarray, test_bin: np.ndarray, epochs: int, wa
 
     svi = SVI(model, guide, pyro.optim.Adam({"lr": LR}), Trace_ELBO())
     train_t = torch.from_numpy(train)
-    gen = torch.Generator().manual_seed(SEED)
+    gen = torch.Generator().manual_seed(seed)
     n = train_t.shape[0]
     t0 = time.perf_counter()
     for e in range(epochs):
@@ -165,23 +165,23 @@ def run_pyro(name: str, train: np.ndarray, test_bin: np.ndarray, epochs: int, wa
         iw = torch.cat([torch.logsumexp(log_joint_minus_q(test_t[i:min(i + chunk, iw_n)], iw_k), 0) - math.log(iw_k)
                         for i in range(0, iw_n, chunk)])
         eval_time = time.perf_counter() - t0
-        train_fixed = torch.from_numpy(binarize_fixed(train, SEED + 1))
+        train_fixed = torch.from_numpy(binarize_fixed(train, seed + 1))
         train_elbo = torch.cat([log_joint_minus_q(train_fixed[i:i + 1000], 1)[0]
                                 for i in range(0, len(train_fixed), 1000)])
-        pics = _pictures_torch(encoder, decoder, test_t)
+        pics = _pictures_torch(encoder, decoder, test_t, seed)
     return {"elbo": elbo.mean().item(), "train_elbo": train_elbo.mean().item(),
-            "elbo_iw_subset": elbo[:iw_n].mean().item(), "log_px": iw.mean().item(),
+            "elbo_iw_subset": elbo[:iw_n].mean().item(), "log_px": iw.mean().item(), "iw": iw.double().numpy(),
             "train_time": train_time, "eval_time": eval_time,
             "params": sum(p.numel() for p in encoder.parameters()), **pics}
 
 
-def _pictures_torch(encoder, decoder, test_t) -> dict:
+def _pictures_torch(encoder, decoder, test_t, seed: int) -> dict:
     import torch
 
-    gen = torch.Generator().manual_seed(SEED)
+    gen = torch.Generator().manual_seed(seed)
     z = torch.randn(10, LATENT, generator=gen)
     samples = torch.sigmoid(decoder(z)).numpy()
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     x = test_t[:10]
     recon = torch.sigmoid(decoder(encoder(x).rsample())).numpy()
     return {"samples": samples, "recon": recon}
@@ -191,7 +191,7 @@ def _pictures_torch(encoder, decoder, test_t) -> dict:
 
 
 def run_numpyro(name: str, train: np.ndarray, test_bin: np.ndarray, epochs: int, warmup: int, iw_k: int,
-                iw_n: int) -> dict:
+                iw_n: int, seed: int = SEED) -> dict:
     import jax
     import jax.numpy as jnp
     import numpyro
@@ -203,7 +203,7 @@ def run_numpyro(name: str, train: np.ndarray, test_bin: np.ndarray, epochs: int,
     from numpyroflows.nn.mlp import mlp_apply, mlp_init
 
     numpyroflows.set_validation(False)
-    k_enc, k_net, k_dec, k_run = jax.random.split(jax.random.PRNGKey(SEED), 4)
+    k_enc, k_net, k_dec, k_run = jax.random.split(jax.random.PRNGKey(seed), 4)
     encoder = FlowEncoder(FeatureMLP(784, HIDDEN, key=k_net), LATENT, **ENCODERS[name], key=k_enc)
     decoder_init = mlp_init(k_dec, LATENT, 784, HIDDEN)
 
@@ -234,7 +234,7 @@ def run_numpyro(name: str, train: np.ndarray, test_bin: np.ndarray, epochs: int,
         return state, losses
 
     state = svi.init(k_run, train_j[:BATCH])
-    keys = jax.random.split(jax.random.PRNGKey(SEED + 1), epochs)
+    keys = jax.random.split(jax.random.PRNGKey(seed + 1), epochs)
     betas = [jnp.asarray(kl_weights(e, steps_per_epoch, warmup)) for e in range(epochs)]
     epoch = epoch.lower(state, keys[0], betas[0]).compile()  # compile first: the timing below is the training alone
     t0 = time.perf_counter()
@@ -257,46 +257,73 @@ def run_numpyro(name: str, train: np.ndarray, test_bin: np.ndarray, epochs: int,
     iw_fn = jax.jit(lambda x, key: jax.nn.logsumexp(log_joint_minus_q(x, key, iw_k), 0) - math.log(iw_k))
     test_j = jnp.asarray(test_bin)
     t0 = time.perf_counter()
-    ekeys = jax.random.split(jax.random.PRNGKey(SEED + 2), 10_000 // 1000 + iw_n + 1)
-    key_train_eval = jax.random.PRNGKey(SEED + 3)
+    ekeys = jax.random.split(jax.random.PRNGKey(seed + 2), 10_000 // 1000 + iw_n + 1)
+    key_train_eval = jax.random.PRNGKey(seed + 3)
     elbo = jnp.concatenate([elbo_fn(test_j[i:i + 1000], ekeys[i // 1000]) for i in range(0, len(test_j), 1000)])
     chunk = max(1, 20_000 // iw_k)
     iw = jnp.concatenate([iw_fn(test_j[i:min(i + chunk, iw_n)], ekeys[11 + i // chunk]) for i in range(0, iw_n, chunk)])
     eval_time = time.perf_counter() - t0
-    train_fixed = jnp.asarray(binarize_fixed(train, SEED + 1))
+    train_fixed = jnp.asarray(binarize_fixed(train, seed + 1))
     train_elbo = jnp.concatenate([elbo_fn(train_fixed[i:i + 1000], jax.random.fold_in(key_train_eval, i))
                                   for i in range(0, len(train_fixed), 1000)])
-    z = jax.random.normal(jax.random.PRNGKey(SEED), (10, LATENT))
+    z = jax.random.normal(jax.random.PRNGKey(seed), (10, LATENT))
     samples = np.asarray(jax.nn.sigmoid(mlp_apply(dec, z)))
-    recon = np.asarray(jax.nn.sigmoid(mlp_apply(dec, enc(test_j[:10]).sample(jax.random.PRNGKey(SEED)))))
+    recon = np.asarray(jax.nn.sigmoid(mlp_apply(dec, enc(test_j[:10]).sample(jax.random.PRNGKey(seed)))))
     n_params = sum(int(np.prod(v.shape)) for v in enc.params.values())
     return {"elbo": float(elbo.mean()), "train_elbo": float(train_elbo.mean()),
             "elbo_iw_subset": float(elbo[:len(iw)].mean()), "log_px": float(iw.mean()),
+            "iw": np.asarray(iw, np.float64),
             "train_time": train_time, "eval_time": eval_time, "params": n_params, "samples": samples, "recon": recon}
 
 
 # ================================================================================================ report
 
 
-def table(results: dict[str, dict], backend: str, n_train: int, epochs: int, warmup: int, iw_k: int,
-          iw_n: int) -> str:
+def _mean_se(values: Sequence[float]) -> tuple[float, float]:
+    v = np.asarray(values, np.float64)
+    return float(v.mean()), (float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan"))
+
+
+def _pm(mean: float, se: float) -> str:
+    return f"{mean:.2f}" if math.isnan(se) else f"{mean:.2f} ± {se:.2f}"
+
+
+def table(results: dict[str, list[dict]], backend: str, n_train: int, epochs: int, warmup: int, iw_k: int,
+          iw_n: int, seeds: Sequence[int]) -> str:
+    """The markdown report. ``results[name]`` holds one run per seed. With several seeds every figure is a mean ±
+    standard error over seeds; the difference to the first encoder is paired by seed (same seed, same images). With
+    one seed that difference's ± is the standard error over the test images."""
+    ref = next(iter(results))
+    many = len(seeds) > 1
     lines = [
         f"VAE on MNIST ({backend}): {n_train} training images, {epochs} epochs of batches of {BATCH} (KL weight "
         f"rising from {BETA_START} to 1 over the first {warmup}), Adam lr {LR}, "
         f"latent {LATENT}, encoder/decoder MLP {HIDDEN}; test: 10k images binarized once. -log p(x): importance-"
         f"weighted bound, k = {iw_k} draws on the first {iw_n} test images; gap: -ELBO minus -log p(x) there (how far "
         "q(z|x) is from the posterior). train -ELBO: on the training images binarized once. Nats per image, lower "
-        "is better.",
+        f"is better. Training seeds {list(seeds)}"
+        + (": mean ± standard error over seeds; Δ is paired by seed." if many else
+           "; Δ's ± is the standard error over the test images."),
         "",
-        "| encoder | encoder params | train -ELBO | test -ELBO (10k) | -ELBO (IW subset) | -log p(x) (IW subset) | gap "
-        "| train s | eval s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| encoder | encoder params | train -ELBO | test -ELBO (10k) | -log p(x) (IW subset) | gap | Δ -log p(x) vs "
+        f"{ref} | -log p(x) per seed | train s | eval s |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
-    for name, r in results.items():
-        gap = r["log_px"] - r["elbo_iw_subset"]
-        lines.append(f"| {name} | {r['params']:,} | {-r['train_elbo']:.2f} | {-r['elbo']:.2f} | "
-                     f"{-r['elbo_iw_subset']:.2f} | "
-                     f"{-r['log_px']:.2f} | {gap:.2f} | {r['train_time']:.0f} | {r['eval_time']:.0f} |")
+    for name, runs in results.items():
+        gaps = [r["log_px"] - r["elbo_iw_subset"] for r in runs]
+        if many:
+            delta = _mean_se([b["log_px"] - r["log_px"] for r, b in zip(runs, results[ref])])
+        else:
+            d = -(runs[0]["iw"] - results[ref][0]["iw"])
+            delta = (float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan"))
+        delta_txt = "—" if name == ref else (f"{delta[0]:+.2f}" + ("" if math.isnan(delta[1]) else
+                                                                     f" ± {delta[1]:.2f}"))
+        per_seed = " ".join(f"{-r['log_px']:.2f}" for r in runs)
+        lines.append(
+            f"| {name} | {runs[0]['params']:,} | {_pm(*_mean_se([-r['train_elbo'] for r in runs]))} | "
+            f"{_pm(*_mean_se([-r['elbo'] for r in runs]))} | {_pm(*_mean_se([-r['log_px'] for r in runs]))} | "
+            f"{_pm(*_mean_se(gaps))} | {delta_txt} | {per_seed} | "
+            f"{np.mean([r['train_time'] for r in runs]):.0f} | {np.mean([r['eval_time'] for r in runs]):.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -329,6 +356,8 @@ def main() -> None:
     parser.add_argument("--iw-k", type=int, default=None, help="importance samples per test image")
     parser.add_argument("--iw-n", type=int, default=None, help="test images for the importance-weighted bound")
     parser.add_argument("--encoders", nargs="+", choices=list(ENCODERS), default=list(ENCODERS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[SEED],
+                        help="training seeds; with several, the table gives means ± standard errors over them")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads for torch / XLA (1 is fastest for these small matrices on a shared machine)")
     args = parser.parse_args()
@@ -350,18 +379,21 @@ def main() -> None:
     print(f"backend {args.backend}: {budget['epochs']} epochs ({budget['warmup']} of KL warm-up) on {len(train)} "
           f"images; -log p(x) with k = "
           f"{budget['iw_k']} importance samples on {budget['iw_n']} test images", flush=True)
-    results = {}
-    for name in args.encoders:
-        results[name] = run(name, train, test_bin, budget["epochs"], budget["warmup"], budget["iw_k"], budget["iw_n"])
-        r = results[name]
-        print(f"  {name:>10}: test -ELBO {-r['elbo']:.2f}, -log p(x) {-r['log_px']:.2f} "
-              f"(train {r['train_time']:.0f} s, eval {r['eval_time']:.0f} s)", flush=True)
+    results: dict[str, list[dict]] = {name: [] for name in args.encoders}
+    for seed in args.seeds:
+        for name in args.encoders:
+            r = run(name, train, test_bin, budget["epochs"], budget["warmup"], budget["iw_k"], budget["iw_n"], seed)
+            results[name].append(r)
+            print(f"  seed {seed} {name:>10}: test -ELBO {-r['elbo']:.2f}, -log p(x) {-r['log_px']:.2f} "
+                  f"(train {r['train_time']:.0f} s, eval {r['eval_time']:.0f} s)", flush=True)
     os.makedirs(OUT_DIR, exist_ok=True)
-    text = table(results, args.backend, len(train), budget["epochs"], budget["warmup"], budget["iw_k"], budget["iw_n"])
+    text = table(results, args.backend, len(train), budget["epochs"], budget["warmup"], budget["iw_k"], budget["iw_n"],
+                 args.seeds)
     print("\n" + text)
     with open(os.path.join(OUT_DIR, f"vae_mnist_{args.backend}.md"), "w") as f:
         f.write(text)
-    figure(results, test_bin[:10], os.path.join(OUT_DIR, f"vae_mnist_{args.backend}.png"), args.backend)
+    first = {name: runs[0] for name, runs in results.items()}  # the figure shows the first seed's models
+    figure(first, test_bin[:10], os.path.join(OUT_DIR, f"vae_mnist_{args.backend}.png"), args.backend)
     print(f"wrote {OUT_DIR}/vae_mnist_{args.backend}.md and .png")
 
 

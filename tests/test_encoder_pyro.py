@@ -289,3 +289,10 @@ def test_vae_example_runs_with_a_tiny_budget():
     np.testing.assert_allclose(example.kl_weights(1, 4, 2), [0.51, 0.635, 0.76, 0.885], rtol=1e-6)
     np.testing.assert_array_equal(example.kl_weights(2, 4, 2), np.ones(4))
     np.testing.assert_array_equal(example.kl_weights(0, 4, 0), np.ones(4))
+    # the report: one seed gives the paired difference over images, several give mean ± se over seeds
+    shifted = {**r, "log_px": r["log_px"] - 1.0, "iw": r["iw"] - 1.0}
+    one = example.table({"diagonal": [r], "iaf": [shifted]}, "pyro", 200, 1, 1, 8, 20, [0])
+    assert "| iaf |" in one and "+1.00 ± 0.00 |" in one
+    two = example.table({"diagonal": [r, r], "iaf": [shifted, {**r, "log_px": r["log_px"] - 3.0}]}, "pyro", 200,
+                        1, 1, 8, 20, [0, 1])
+    assert "+2.00 ± 1.00 |" in two and "mean ± standard error over seeds" in two
