@@ -284,8 +284,8 @@ def _mean_se(values: Sequence[float]) -> tuple[float, float]:
     return float(v.mean()), (float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan"))
 
 
-def _pm(mean: float, se: float) -> str:
-    return f"{mean:.2f}" if math.isnan(se) else f"{mean:.2f} ± {se:.2f}"
+def _pm(mean: float, se: float, sign: str = "") -> str:
+    return f"{mean:{sign}.2f}" if math.isnan(se) else f"{mean:{sign}.2f} ± {se:.2f}"
 
 
 def table(results: dict[str, list[dict]], backend: str, n_train: int, epochs: int, warmup: int, iw_k: int,
@@ -311,13 +311,10 @@ def table(results: dict[str, list[dict]], backend: str, n_train: int, epochs: in
     ]
     for name, runs in results.items():
         gaps = [r["log_px"] - r["elbo_iw_subset"] for r in runs]
-        if many:
-            delta = _mean_se([b["log_px"] - r["log_px"] for r, b in zip(runs, results[ref])])
-        else:
-            d = -(runs[0]["iw"] - results[ref][0]["iw"])
-            delta = (float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan"))
-        delta_txt = "—" if name == ref else (f"{delta[0]:+.2f}" + ("" if math.isnan(delta[1]) else
-                                                                     f" ± {delta[1]:.2f}"))
+        # Δ -log p(x) = log p_ref - log p: over seeds, or (one seed) over the test images
+        delta = _mean_se([b["log_px"] - r["log_px"] for r, b in zip(runs, results[ref])] if many
+                         else results[ref][0]["iw"] - runs[0]["iw"])
+        delta_txt = "—" if name == ref else _pm(*delta, sign="+")
         per_seed = " ".join(f"{-r['log_px']:.2f}" for r in runs)
         lines.append(
             f"| {name} | {runs[0]['params']:,} | {_pm(*_mean_se([-r['train_elbo'] for r in runs]))} | "
