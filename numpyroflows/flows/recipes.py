@@ -1,4 +1,6 @@
-"""Named flows in JAX, with the arguments and defaults of :mod:`pyroflows.flows.recipes` (plus a PRNG ``key``)."""
+"""Named flows in JAX, with the arguments and defaults of :mod:`pyroflows.flows.recipes` (plus a PRNG ``key``),
+``output_init`` included (``1e-3``: start near the base distribution; ``"fan_in"``: the better start for density
+estimation)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ from collections.abc import Sequence
 
 import jax
 
+from ..nn.mlp import OUTPUT_INIT
 from ..transforms.autoregressive import AutoregressiveTransform
 from ..transforms.base import default_key
 from ..transforms.transformers import Transformer
@@ -33,13 +36,14 @@ class MAF(Flow):
         count_bins: int = 8,
         bound: float = 5.0,
         activation: str = "relu",
+        output_init: float | str = OUTPUT_INIT,
         *,
         key: Array | None = None,
     ) -> None:
         keys = jax.random.split(default_key(key), num_transforms)
         super().__init__([
             AutoregressiveTransform(input_dim, transformer, context_dim, hidden_dims, self._orientation, _orders(i),
-                                    activation, count_bins, bound, key=keys[i])
+                                    activation, count_bins, bound, output_init, key=keys[i])
             for i in range(num_transforms)
         ])
 
@@ -62,13 +66,14 @@ class NSF(Flow):
         count_bins: int = 8,
         bound: float = 5.0,
         activation: str = "relu",
+        output_init: float | str = OUTPUT_INIT,
         *,
         key: Array | None = None,
     ) -> None:
         keys = jax.random.split(default_key(key), num_transforms)
         super().__init__([
             AutoregressiveTransform(input_dim, "spline", context_dim, hidden_dims, "maf", _orders(i), activation,
-                                    count_bins, bound, key=keys[i])
+                                    count_bins, bound, output_init, key=keys[i])
             for i in range(num_transforms)
         ])
 
@@ -92,6 +97,7 @@ class Coupling(Flow):
         count_bins: int = 8,
         bound: float = 5.0,
         activation: str = "relu",
+        output_init: float | str = OUTPUT_INIT,
         *,
         key: Array | None = None,
     ) -> None:
@@ -100,7 +106,7 @@ class Coupling(Flow):
         keys = _keys(key, num_transforms)
         super().__init__([
             CouplingTransform(input_dim, transformer, context_dim, hidden_dims, mask, i % 2, activation, count_bins,
-                              bound, seed=i, key=keys[i])
+                              bound, seed=i, output_init=output_init, key=keys[i])
             for i in range(num_transforms)
         ])
 
@@ -116,6 +122,7 @@ class RealNVP(Flow):
         hidden_dims: Sequence[int] = (64, 64),
         mask: str = "half",
         activation: str = "relu",
+        output_init: float | str = OUTPUT_INIT,
         *,
         key: Array | None = None,
     ) -> None:
@@ -124,7 +131,7 @@ class RealNVP(Flow):
         keys = _keys(key, num_transforms)
         super().__init__([
             CouplingTransform(input_dim, "affine", context_dim, hidden_dims, mask, i % 2, activation, seed=i,
-                              key=keys[i])
+                              output_init=output_init, key=keys[i])
             for i in range(num_transforms)
         ])
 
@@ -140,6 +147,7 @@ class NICE(Flow):
         hidden_dims: Sequence[int] = (64, 64),
         mask: str = "half",
         activation: str = "relu",
+        output_init: float | str = OUTPUT_INIT,
         *,
         key: Array | None = None,
     ) -> None:
@@ -149,7 +157,7 @@ class NICE(Flow):
         keys = _keys(key, num_transforms + 1)
         layers = [
             CouplingTransform(input_dim, "additive", context_dim, hidden_dims, mask, i % 2, activation, seed=i,
-                              key=keys[i])
+                              output_init=output_init, key=keys[i])
             for i in range(num_transforms)
         ]
         super().__init__([*layers, DiagonalAffine(input_dim, context_dim, hidden_dims, key=keys[-1])])

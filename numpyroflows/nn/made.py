@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .mlp import OUTPUT_INIT, get_activation, linear_init, params_view
+from .mlp import OUTPUT_INIT, get_activation, linear_init, output_init_bound, params_view
 
 Array = jax.Array
 
@@ -64,9 +64,11 @@ def made_sequence(input_dim: int, order: str | Sequence[int] = "ascending") -> l
 
 def made_init(key: Array, input_dim: int, num_params: int, hidden_dims: Sequence[int], context_dim: int = 0,
               order: str | Sequence[int] = "ascending", output_bias: Array | None = None,
-              dtype=jnp.float32) -> dict[str, Array]:
-    """Initial parameters: PyTorch-style uniform layers, output weights in ``±OUTPUT_INIT`` and output bias set to
-    ``output_bias`` repeated per dimension (parameter-major) when given, as in pyroflows."""
+              dtype=jnp.float32, output_init: float | str | None = None) -> dict[str, Array]:
+    """Initial parameters, as in :class:`pyroflows.nn.MADE`: PyTorch-style uniform layers; output bias set to
+    ``output_bias`` repeated per dimension (parameter-major) when given; output weights uniform in ``±output_init``
+    (``"fan_in"``: ``±1/sqrt(hidden_dims[-1])``), where ``None`` means ``OUTPUT_INIT`` with ``output_bias``, else
+    :func:`~numpyroflows.nn.mlp.linear_init`'s start."""
     hidden_dims = tuple(int(h) for h in hidden_dims)
     _, shapes = made_masks(input_dim, num_params, hidden_dims, _static_order(order))
     keys = jax.random.split(key, len(shapes) + 2)
@@ -74,9 +76,11 @@ def made_init(key: Array, input_dim: int, num_params: int, hidden_dims: Sequence
     for k, (out_f, in_f) in zip(keys, shapes):
         w, b = linear_init(k, in_f, out_f, dtype)
         tensors += [w, b]
-    if output_bias is not None:
+    if output_bias is not None or output_init is not None:
         out_f, in_f = shapes[-1]
-        tensors[-2] = jax.random.uniform(keys[-2], (out_f, in_f), dtype, -OUTPUT_INIT, OUTPUT_INIT)
+        a = output_init_bound(OUTPUT_INIT if output_init is None else output_init, in_f)
+        tensors[-2] = jax.random.uniform(keys[-2], (out_f, in_f), dtype, -a, a)
+    if output_bias is not None:
         tensors[-1] = jnp.repeat(jnp.asarray(output_bias, dtype), input_dim)
     params = {"flat": jnp.concatenate([t.reshape(-1) for t in tensors])}
     if context_dim > 0:

@@ -6,6 +6,8 @@ dimension ``i`` becomes per-dimension parameters ``(..., D, P)``.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -14,8 +16,23 @@ Array = jax.Array
 ACTIVATIONS = {"relu": jax.nn.relu, "elu": jax.nn.elu, "tanh": jnp.tanh, "gelu": lambda x: jax.nn.gelu(x, False),
                "silu": jax.nn.silu}
 
-#: half-width of the uniform initialisation of output layers that produce transform parameters (as in pyroflows)
+#: default half-width of the uniform initialisation of output layers that produce transform parameters (as in
+#: pyroflows)
 OUTPUT_INIT = 1e-3
+
+
+def output_init_bound(output_init: float | str, fan_in: int) -> float:
+    """Half-width ``a`` of the uniform start ``U(-a, a)`` of an output layer's weights: ``output_init`` itself (a
+    number ``>= 0``) or, for ``"fan_in"``, ``1/sqrt(fan_in)`` (the start of :func:`linear_init`, ``torch.nn.Linear``
+    and FlowJAX's conditioners). When to use which: :func:`pyroflows.nn.mlp.output_init_bound`."""
+    if isinstance(output_init, str):
+        if output_init == "fan_in":
+            return 1.0 / math.sqrt(max(int(fan_in), 1))
+        raise ValueError(f"output_init must be a number >= 0 or 'fan_in', got {output_init!r}")
+    bound = float(output_init)
+    if not math.isfinite(bound) or bound < 0:
+        raise ValueError(f"output_init must be a finite number >= 0 (a half-width) or 'fan_in', got {output_init!r}")
+    return bound
 
 
 def get_activation(name: str):
@@ -40,10 +57,12 @@ def params_view(out: Array, num_params: int, num_dims: int) -> Array:
 
 
 def mlp_init(key: Array, in_features: int, out_features: int, hidden_dims=(64, 64), context_dim: int = 0,
-             output_bias: Array | None = None, dtype=jnp.float32) -> dict[str, Array]:
+             output_bias: Array | None = None, dtype=jnp.float32,
+             output_init: float | str | None = None) -> dict[str, Array]:
     """Parameters of :class:`pyroflows.nn.MLP` under the same names: ``input_layer.*`` (when ``in_features > 0``),
     ``context_layer.weight`` (and ``.bias`` for a context-only network), ``layers.{i}.*``. With ``output_bias`` the
-    output layer starts at that bias with weights uniform in ``±OUTPUT_INIT``."""
+    output layer starts at that bias. Its weights start uniform in ``±output_init`` (``"fan_in"``:
+    ``±1/sqrt(fan_in)``); ``None`` means ``OUTPUT_INIT`` with ``output_bias``, else :func:`linear_init`'s start."""
     if in_features == 0 and context_dim == 0:
         raise ValueError("MLP needs in_features > 0 or context_dim > 0")
     hidden_dims = tuple(int(h) for h in hidden_dims)
@@ -60,19 +79,23 @@ def mlp_init(key: Array, in_features: int, out_features: int, hidden_dims=(64, 6
             p["context_layer.bias"] = b
     for i, (a, b_) in enumerate(zip(widths[:-1], widths[1:])):
         p[f"layers.{i}.weight"], p[f"layers.{i}.bias"] = linear_init(keys[i + 2], a, b_, dtype)
-    if output_bias is not None:
+    if output_bias is not None or output_init is not None:
+        if output_init is None:
+            output_init = OUTPUT_INIT
         if hidden_dims:
             last = f"layers.{len(widths) - 2}"
         else:
             last = "input_layer" if in_features > 0 else "context_layer"
-        if f"{last}.bias" not in p:
+        if output_bias is not None and f"{last}.bias" not in p:
             raise ValueError("output_bias needs a biased output layer")
-        p[f"{last}.weight"] = jax.random.uniform(keys[-1], p[f"{last}.weight"].shape, dtype, -OUTPUT_INIT,
-                                                 OUTPUT_INIT)
-        p[f"{last}.bias"] = jnp.asarray(output_bias, dtype)
-        if not hidden_dims and in_features > 0 and context_dim > 0:
-            p["context_layer.weight"] = jax.random.uniform(keys[1], p["context_layer.weight"].shape, dtype,
-                                                           -OUTPUT_INIT, OUTPUT_INIT)
+        shape = p[f"{last}.weight"].shape
+        a = output_init_bound(output_init, shape[1])
+        p[f"{last}.weight"] = jax.random.uniform(keys[-1], shape, dtype, -a, a)
+        if output_bias is not None:
+            p[f"{last}.bias"] = jnp.asarray(output_bias, dtype)
+        if not hidden_dims and in_features > 0 and context_dim > 0:  # the context also feeds the output directly
+            a = output_init_bound(output_init, context_dim)
+            p["context_layer.weight"] = jax.random.uniform(keys[1], p["context_layer.weight"].shape, dtype, -a, a)
     return p
 
 

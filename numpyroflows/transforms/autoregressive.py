@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from ..nn.made import _layers, made_hidden, made_init, made_output, made_sequence
+from ..nn.mlp import OUTPUT_INIT
 from .base import FlowTransform, default_key
 from .transformers import Transformer, make_transformer
 
@@ -40,6 +41,7 @@ class AutoregressiveTransform(FlowTransform):
         activation: str = "relu",
         count_bins: int = 8,
         bound: float = 5.0,
+        output_init: float | str = OUTPUT_INIT,
         *,
         key: Array | None = None,
     ) -> None:
@@ -54,7 +56,7 @@ class AutoregressiveTransform(FlowTransform):
         self.order = order if isinstance(order, str) else tuple(int(i) for i in order)
         self.activation = activation
         made = made_init(default_key(key), input_dim, self.transformer.num_params, self.hidden_dims, context_dim,
-                         self.order, output_bias=self.transformer.identity_params())
+                         self.order, output_bias=self.transformer.identity_params(), output_init=output_init)
         self.params = {f"made.{k}": v for k, v in made.items()}
 
     def _made(self, params: dict) -> dict:
@@ -116,9 +118,10 @@ class MaskedAutoregressiveTransform(AutoregressiveTransform):
 
     def __init__(self, input_dim: int, transformer: str | Transformer = "affine", context_dim: int = 0,
                  hidden_dims: Sequence[int] = (64, 64), order: str | Sequence[int] = "ascending",
-                 activation: str = "relu", count_bins: int = 8, bound: float = 5.0, *, key: Array | None = None):
+                 activation: str = "relu", count_bins: int = 8, bound: float = 5.0,
+                 output_init: float | str = OUTPUT_INIT, *, key: Array | None = None):
         super().__init__(input_dim, transformer, context_dim, hidden_dims, "maf", order, activation, count_bins,
-                         bound, key=key)
+                         bound, output_init, key=key)
 
 
 class InverseAutoregressiveTransform(AutoregressiveTransform):
@@ -126,6 +129,7 @@ class InverseAutoregressiveTransform(AutoregressiveTransform):
 
     def __init__(self, input_dim: int, transformer: str | Transformer = "affine", context_dim: int = 0,
                  hidden_dims: Sequence[int] = (64, 64), order: str | Sequence[int] = "ascending",
-                 activation: str = "relu", count_bins: int = 8, bound: float = 5.0, *, key: Array | None = None):
+                 activation: str = "relu", count_bins: int = 8, bound: float = 5.0,
+                 output_init: float | str = OUTPUT_INIT, *, key: Array | None = None):
         super().__init__(input_dim, transformer, context_dim, hidden_dims, "iaf", order, activation, count_bins,
-                         bound, key=key)
+                         bound, output_init, key=key)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..nn.mlp import mlp_apply, mlp_init, params_view
+from ..nn.mlp import OUTPUT_INIT, mlp_apply, mlp_init, params_view
 from .base import FlowTransform, default_key
 from .transformers import Transformer, make_transformer
 
@@ -84,6 +84,7 @@ class CouplingTransform(FlowTransform):
         count_bins: int = 8,
         bound: float = 5.0,
         seed: int = 0,
+        output_init: float | str = OUTPUT_INIT,
         *,
         key: Array | None = None,
     ) -> None:
@@ -102,7 +103,7 @@ class CouplingTransform(FlowTransform):
         p = self.transformer.num_params
         bias = jnp.repeat(jnp.asarray(self.transformer.identity_params()), self.num_b)  # parameter-major
         net = mlp_init(default_key(key), len(self.idx_a), self.num_b * p, self.hidden_dims, context_dim,
-                       output_bias=bias)
+                       output_bias=bias, output_init=output_init)
         self.params = {f"net.{k}": v for k, v in net.items()}
 
     def _couple(self, params: dict, v: Array, context: Array | None, density: bool) -> tuple[Array, Array]:

@@ -3,12 +3,19 @@
 Every recipe is a :class:`~pyroflows.flows.core.Flow` subclass with a standard normal base; calling it (with a
 context when ``context_dim > 0``) returns a Pyro distribution. Arguments use Pyro's vocabulary: ``input_dim``,
 ``context_dim``, ``num_transforms``, ``hidden_dims``, ``count_bins``, ``bound``.
+
+The MADE/MLP-conditioned recipes (:class:`MAF`, :class:`IAF`, :class:`NSF`, :class:`Coupling`, :class:`RealNVP`,
+:class:`NICE`) also take ``output_init``, the start of the conditioners' output weights: the default ``1e-3`` starts
+the flow within about ``1e-3`` of its base distribution (what a guide or a VAE encoder wants); ``"fan_in"``
+(``±1/sqrt(width)``, as in ``torch.nn.Linear``, zuko and FlowJAX) is the better start for density estimation by
+maximum likelihood (see :func:`pyroflows.nn.mlp.output_init_bound`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..nn.mlp import OUTPUT_INIT
 from ..transforms.autoregressive import AutoregressiveTransform
 from ..transforms.coupling import CouplingTransform
 from ..transforms.elementwise import ElementwiseTransform
@@ -45,10 +52,11 @@ class MAF(Flow):
         count_bins: int = 8,
         bound: float = 5.0,
         activation: str = "relu",
+        output_init: float | str = OUTPUT_INIT,
     ) -> None:
         super().__init__([
             AutoregressiveTransform(input_dim, transformer, context_dim, hidden_dims, self._orientation, _orders(i),
-                                    activation, count_bins, bound)
+                                    activation, count_bins, bound, output_init)
             for i in range(num_transforms)
         ])
 
@@ -73,10 +81,11 @@ class NSF(Flow):
         count_bins: int = 8,
         bound: float = 5.0,
         activation: str = "relu",
+        output_init: float | str = OUTPUT_INIT,
     ) -> None:
         super().__init__([
             AutoregressiveTransform(input_dim, "spline", context_dim, hidden_dims, "maf", _orders(i), activation,
-                                    count_bins, bound)
+                                    count_bins, bound, output_init)
             for i in range(num_transforms)
         ])
 
@@ -97,10 +106,11 @@ class Coupling(Flow):
         count_bins: int = 8,
         bound: float = 5.0,
         activation: str = "relu",
+        output_init: float | str = OUTPUT_INIT,
     ) -> None:
         super().__init__([
             CouplingTransform(input_dim, transformer, context_dim, hidden_dims, mask, i % 2, activation, count_bins,
-                              bound, seed=i)
+                              bound, seed=i, output_init=output_init)
             for i in range(num_transforms)
         ])
 
@@ -116,9 +126,11 @@ class RealNVP(Flow):
         hidden_dims: Sequence[int] = (64, 64),
         mask: str = "half",
         activation: str = "relu",
+        output_init: float | str = OUTPUT_INIT,
     ) -> None:
         super().__init__([
-            CouplingTransform(input_dim, "affine", context_dim, hidden_dims, mask, i % 2, activation, seed=i)
+            CouplingTransform(input_dim, "affine", context_dim, hidden_dims, mask, i % 2, activation, seed=i,
+                              output_init=output_init)
             for i in range(num_transforms)
         ])
 
@@ -135,11 +147,13 @@ class NICE(Flow):
         hidden_dims: Sequence[int] = (64, 64),
         mask: str = "half",
         activation: str = "relu",
+        output_init: float | str = OUTPUT_INIT,
     ) -> None:
         from ..transforms.linear import DiagonalAffine
 
         layers = [
-            CouplingTransform(input_dim, "additive", context_dim, hidden_dims, mask, i % 2, activation, seed=i)
+            CouplingTransform(input_dim, "additive", context_dim, hidden_dims, mask, i % 2, activation, seed=i,
+                              output_init=output_init)
             for i in range(num_transforms)
         ]
         super().__init__([*layers, DiagonalAffine(input_dim, context_dim, hidden_dims)])

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .mlp import OUTPUT_INIT, get_activation, params_view
+from .mlp import OUTPUT_INIT, get_activation, output_init_bound, params_view
 
 Tensor = torch.Tensor
 
@@ -55,7 +55,11 @@ class MADE(nn.Module):
         context_dim: size of an optional context vector fed to the first hidden layer.
         activation: hidden nonlinearity.
         order: ``ascending``, ``descending`` or an explicit permutation (see :func:`input_degrees`).
-        output_bias: initial output bias per parameter (``(P,)``), weights start uniform in ``±OUTPUT_INIT``.
+        output_bias: initial output bias per parameter (``(P,)``), repeated over the dimensions.
+        output_init: half-width of the uniform start of the output weights, or ``"fan_in"`` for
+            ``±1/sqrt(hidden_dims[-1])`` (see :func:`~pyroflows.nn.mlp.output_init_bound`). ``None`` (default):
+            ``OUTPUT_INIT = 1e-3`` when ``output_bias`` is given (the MADE starts near that constant), else the
+            ``torch.nn.Linear`` start of weights and bias.
     """
 
     def __init__(
@@ -67,6 +71,7 @@ class MADE(nn.Module):
         activation: str = "relu",
         order: str | Sequence[int] = "ascending",
         output_bias: Tensor | None = None,
+        output_init: float | str | None = None,
     ) -> None:
         super().__init__()
         hidden_dims = tuple(int(h) for h in hidden_dims)
@@ -89,8 +94,10 @@ class MADE(nn.Module):
         deg_out = deg_in.repeat(num_params)
         masks.append((deg_out[:, None] > degs[-1][None, :]).to(torch.get_default_dtype()))
         with torch.no_grad():
+            if output_bias is not None or output_init is not None:
+                a = output_init_bound(OUTPUT_INIT if output_init is None else output_init, hidden_dims[-1])
+                out.weight.uniform_(-a, a)
             if output_bias is not None:
-                out.weight.uniform_(-OUTPUT_INIT, OUTPUT_INIT)
                 out.bias.copy_(torch.as_tensor(output_bias, dtype=out.bias.dtype).repeat_interleave(input_dim))
         tensors += [out.weight.detach(), out.bias.detach()]
         for i, m in enumerate(masks):

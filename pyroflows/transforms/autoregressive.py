@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import torch
 
 from ..nn.made import MADE
+from ..nn.mlp import OUTPUT_INIT
 from .base import FlowTransform
 from .transformers import Transformer, make_transformer
 
@@ -41,6 +42,11 @@ class AutoregressiveTransform(FlowTransform):
         order: ``"ascending"``, ``"descending"`` or a permutation listing the dimensions first to last.
         activation: MADE hidden nonlinearity.
         count_bins, bound: spline options, passed to the transformer when it takes them.
+        output_init: half-width of the uniform start of MADE's output weights (its bias starts at the transformer's
+            identity), or ``"fan_in"`` for ``±1/sqrt(hidden_dims[-1])``. The default ``1e-3`` starts the layer
+            within about ``1e-3`` of the identity, which a guide or an encoder needs; ``"fan_in"`` (zuko's and
+            FlowJAX's start) is the start recommended for maximum likelihood (see
+            :func:`pyroflows.nn.mlp.output_init_bound`).
 
     Example:
         >>> t = AutoregressiveTransform(4, "spline", orientation="maf")
@@ -58,6 +64,7 @@ class AutoregressiveTransform(FlowTransform):
         activation: str = "relu",
         count_bins: int = 8,
         bound: float = 5.0,
+        output_init: float | str = OUTPUT_INIT,
     ) -> None:
         super().__init__(input_dim, context_dim)
         if orientation not in ("maf", "iaf"):
@@ -72,6 +79,7 @@ class AutoregressiveTransform(FlowTransform):
             activation=activation,
             order=order,
             output_bias=self.transformer.identity_params(),
+            output_init=output_init,
         )
         self.register_buffer("_onehot", torch.eye(input_dim, dtype=torch.bool), persistent=False)
 
@@ -126,8 +134,10 @@ class MaskedAutoregressiveTransform(AutoregressiveTransform):
         activation: str = "relu",
         count_bins: int = 8,
         bound: float = 5.0,
+        output_init: float | str = OUTPUT_INIT,
     ) -> None:
-        super().__init__(input_dim, transformer, context_dim, hidden_dims, "maf", order, activation, count_bins, bound)
+        super().__init__(input_dim, transformer, context_dim, hidden_dims, "maf", order, activation, count_bins, bound,
+                         output_init)
 
 
 class InverseAutoregressiveTransform(AutoregressiveTransform):
@@ -143,5 +153,7 @@ class InverseAutoregressiveTransform(AutoregressiveTransform):
         activation: str = "relu",
         count_bins: int = 8,
         bound: float = 5.0,
+        output_init: float | str = OUTPUT_INIT,
     ) -> None:
-        super().__init__(input_dim, transformer, context_dim, hidden_dims, "iaf", order, activation, count_bins, bound)
+        super().__init__(input_dim, transformer, context_dim, hidden_dims, "iaf", order, activation, count_bins, bound,
+                         output_init)

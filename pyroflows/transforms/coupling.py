@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..nn.mlp import MLP, params_view
+from ..nn.mlp import MLP, OUTPUT_INIT, params_view
 from .base import FlowTransform
 from .transformers import Transformer, make_transformer
 
@@ -61,6 +61,8 @@ class CouplingTransform(FlowTransform):
         activation: hidden nonlinearity.
         count_bins, bound: spline options.
         seed: seed of the random mask.
+        output_init: half-width of the uniform start of the conditioner's output weights (its bias starts at the
+            transformer's identity), or ``"fan_in"``; see :class:`~pyroflows.transforms.AutoregressiveTransform`.
 
     Example:
         >>> t = CouplingTransform(4, "spline", mask="half")
@@ -79,6 +81,7 @@ class CouplingTransform(FlowTransform):
         count_bins: int = 8,
         bound: float = 5.0,
         seed: int = 0,
+        output_init: float | str = OUTPUT_INIT,
     ) -> None:
         super().__init__(input_dim, context_dim)
         if input_dim < 2:
@@ -99,6 +102,7 @@ class CouplingTransform(FlowTransform):
             context_dim=context_dim,
             activation=activation,
             output_bias=self.transformer.identity_params().repeat_interleave(self.num_b),  # parameter-major
+            output_init=output_init,
         )
 
     def _couple(self, v: Tensor, context: Tensor | None, density: bool) -> tuple[Tensor, Tensor]:
