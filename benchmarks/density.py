@@ -3,8 +3,8 @@
 Usage::
 
     python benchmarks/density.py [--quick] [--steps N] [--seeds 0 1 ...] [--digits-steps N] [--digits-seeds 0 ...]
-                                 [--pairs torch jax] [--toys moons ...] [--kinds maf nsf] [--no-digits] [--threads T]
-                                 [--out benchmarks/out/density.md]
+                                 [--pairs torch jax] [--toys moons ...] [--kinds maf nsf] [--output-init 1e-3 fan_in]
+                                 [--no-digits] [--no-toys] [--threads T] [--out benchmarks/out/density.md]
 
 What is compared. The same two flows in four libraries, with matching architectures:
 
@@ -13,6 +13,11 @@ What is compared. The same two flows in four libraries, with matching architectu
   hidden_dims=(64, 64))``; zuko ``zuko.flows.MAF(D, transforms=5, hidden_features=(64, 64))``; FlowJAX
   ``masked_autoregressive_flow(key, base_dist=Normal(zeros(D)), flow_layers=5, nn_width=64, nn_depth=2,
   invert=True)`` (its default affine transformer; between layers a flip for D = 2, a random permutation for D > 2).
+* Our flows are fitted once per ``--output-init`` value (default both): ``1e-3``, the library default, starts every
+  layer within about 1e-3 of the identity (what ``AutoFlowGuide`` and ``FlowEncoder`` need); ``"fan_in"`` draws the
+  output weights of the conditioners from ``U(±1/sqrt(64))`` like the other layers, as zuko's and FlowJAX's
+  conditioners (``nn.Linear``, ``equinox.nn.Linear``) do. Both keep the output bias at the transformer's identity.
+  A table pairs the two starts seed by seed.
 * NSF: the same with rational-quadratic spline transformers of 8 bins on [-5, 5] and identity tails: ours
   ``flows.NSF(D, num_transforms=5, hidden_dims=(64, 64), count_bins=8, bound=5)``; zuko ``zuko.flows.NSF(D,
   transforms=5, hidden_features=(64, 64), bins=8)`` (zuko's bound is 5, checked at build time); FlowJAX
@@ -38,13 +43,14 @@ differences, and a verdict: ``ours >=``, ``~`` (behind by less than two standard
 
 How many seeds. The spread between initializations is large for the affine MAF on the harder toys (per-seed sd about
 0.065 nats on 2spirals), so four seeds cannot tell apart differences of a few hundredths: on 2spirals and rings,
-torch, seeds 0-3 gave ours - zuko = -0.081 and -0.077, seeds 100-131 gave -0.018 ± 0.012 and -0.017 ± 0.008. What
-remains is the affine MAF's start (seventh and eighth sessions): pyroflows' MAF computes exactly zuko's function when
-given zuko's weights, and trained from zuko's initial weights it matches zuko (-0.005 ± 0.016, 16 seeds); neither the
-log-scale bound (5 or zuko's 6.9) nor a few far-out held-out points explain the gap. Our MADE's output weights start
-at ``±1e-3`` (the flow starts as the identity, as a guide should), which starves the hidden layers of gradient early
-on; started at ``±1/sqrt(64)`` as ``nn.Linear`` (and zuko) do, the same 32 seeds give -0.007 ± 0.009 (2spirals) and
-+0.012 ± 0.008 (rings), 0.029 ± 0.006 nats better than the default on rings.
+torch, default start, seeds 0-3 gave ours - zuko = -0.081 and -0.077, seeds 100-131 gave -0.018 ± 0.012 and
+-0.017 ± 0.008. Use ``--toys 2spirals rings --kinds maf --seeds $(seq 0 31)`` to settle such a gap. Findings so far
+(``RESULTS.md``): pyroflows' MAF computes exactly zuko's function given zuko's weights, and the same training loop
+from zuko's initial weights matches zuko; the ``"fan_in"`` start raises the affine MAF on rings by about 0.03 nats in
+both backends (paired over seeds) and leaves the other toys unchanged within noise, but costs the NSF 0.06-0.07 nats
+on rings and 0.04-0.055 bits/dim on digits; with it, over seeds 0-31, the MAF's ours - zuko is -0.021 ± 0.014 on
+2spirals and ours - FlowJAX -0.043 ± 0.013. Part of the 2spirals gap to FlowJAX is the affine parameterization: a
+scratch copy with FlowJAX's softplus scale in place of our ``exp`` of a soft-clamped log-scale gave -0.017 ± 0.009.
 
 Digits (``sklearn.datasets.load_digits``: 1797 images of 8x8 pixels with values 0..16, D = 64): a seeded split into
 1257 training, 180 validation and 360 test images. Training batches (256) are dequantized afresh at each step,
@@ -99,6 +105,10 @@ DIGITS_LEVELS = 17  # pixel values 0..16
 DIGITS_SPLIT = (1257, 180, 360)  # train, validation, test
 DIGITS_EVAL_EVERY, DIGITS_TEST_DRAWS = 100, 5
 PAIRS = {"torch": ("pyroflows", "zuko"), "jax": ("numpyroflows", "flowjax")}
+#: our flows' output_init values fitted by default: the library default (start at the identity) and the random
+#: start of zuko's and FlowJAX's conditioners
+STARTS = ("1e-3", "fan_in")
+DEFAULT_START = STARTS[0]
 #: toys: held-out log-densities below this (nats) are counted in the notes (true log-densities lie above -10; an
 #: affine layer near its minimum scale can put a single held-out point thousands of nats down and move the mean)
 OUTLIER_LP = -50.0
@@ -183,6 +193,7 @@ class FitResult:
     params: int = 0
     status: str = "ok"
     best_step: int | None = None
+    start: str = ""  # ours: the output_init the flow was built with ("" for the peers)
 
     @property
     def ll(self) -> float:
@@ -192,18 +203,23 @@ class FitResult:
 
 
 # ================================================================================================ torch
-def build_torch(library: str, kind: str, dim: int):
-    """A torch flow module and ``log_prob(x)`` for it."""
+def output_init(start: str) -> float | str:
+    """``--output-init`` value -> the flows' ``output_init`` argument (``"fan_in"`` or a half-width)."""
+    return start if start == "fan_in" else float(start)
+
+
+def build_torch(library: str, kind: str, dim: int, start: str = DEFAULT_START):
+    """A torch flow module and ``log_prob(x)`` for it (``start``: our flows' ``output_init``)."""
     import torch
 
     if library == "pyroflows":
         from pyroflows import flows
 
         if kind == "maf":
-            flow = flows.MAF(dim, num_transforms=NUM_TRANSFORMS, hidden_dims=HIDDEN)
+            flow = flows.MAF(dim, num_transforms=NUM_TRANSFORMS, hidden_dims=HIDDEN, output_init=output_init(start))
         else:
             flow = flows.NSF(dim, num_transforms=NUM_TRANSFORMS, hidden_dims=HIDDEN, count_bins=COUNT_BINS,
-                             bound=BOUND)
+                             bound=BOUND, output_init=output_init(start))
     else:
         import zuko
 
@@ -218,12 +234,12 @@ def build_torch(library: str, kind: str, dim: int):
     return flow, lambda x: flow().log_prob(x)
 
 
-def fit_torch(library: str, kind: str, task: Task, steps: int, seed: int) -> FitResult:
+def fit_torch(library: str, kind: str, task: Task, steps: int, seed: int, start: str = "") -> FitResult:
     import torch
 
     dim = task.train.shape[1]
     torch.manual_seed(seed)
-    module, log_prob = build_torch(library, kind, dim)
+    module, log_prob = build_torch(library, kind, dim, start or DEFAULT_START)
     n_params = sum(p.numel() for p in module.parameters())
     x = torch.from_numpy(task.train)
     idx = torch.from_numpy(batch_indices(len(x), task.batch, steps, seed)).long()
@@ -262,16 +278,17 @@ def fit_torch(library: str, kind: str, task: Task, steps: int, seed: int) -> Fit
     lp = lp.double().numpy()
     if not np.all(np.isfinite(lp)) and status == "ok":
         status = "non-finite test log-likelihood"
-    return FitResult(library, kind, task.name, seed, lp, seconds, n_params, status, best[1])
+    return FitResult(library, kind, task.name, seed, lp, seconds, n_params, status, best[1], start)
 
 
 # ================================================================================================ JAX
 _JAX_CACHE: dict = {}
 
 
-def build_jax(library: str, kind: str, dim: int, seed: int):
+def build_jax(library: str, kind: str, dim: int, seed: int, start: str = DEFAULT_START):
     """Initial parameters and a pure ``log_prob(params, x)``; the function is shared by all seeds of one
-    ``(library, kind, dim)`` so that the compiled training loop is reused."""
+    ``(library, kind, dim)`` so that the compiled training loop is reused (``start`` changes only the initial
+    values, not the function)."""
     import jax
     import jax.numpy as jnp
 
@@ -280,10 +297,11 @@ def build_jax(library: str, kind: str, dim: int, seed: int):
         from numpyroflows import flows
 
         if kind == "maf":
-            flow = flows.MAF(dim, num_transforms=NUM_TRANSFORMS, hidden_dims=HIDDEN, key=key)
+            flow = flows.MAF(dim, num_transforms=NUM_TRANSFORMS, hidden_dims=HIDDEN, output_init=output_init(start),
+                             key=key)
         else:
             flow = flows.NSF(dim, num_transforms=NUM_TRANSFORMS, hidden_dims=HIDDEN, count_bins=COUNT_BINS,
-                             bound=BOUND, key=key)
+                             bound=BOUND, output_init=output_init(start), key=key)
         params = flow.params
         cache_key = (library, kind, dim)
         if cache_key not in _JAX_CACHE:
@@ -342,12 +360,12 @@ def jax_trainer(log_prob: Callable, steps: int, dequantize: bool):
     return run, opt, evaluate
 
 
-def fit_jax(library: str, kind: str, task: Task, steps: int, seed: int) -> FitResult:
+def fit_jax(library: str, kind: str, task: Task, steps: int, seed: int, start: str = "") -> FitResult:
     import jax
     import jax.numpy as jnp
 
     dim = task.train.shape[1]
-    params, log_prob = build_jax(library, kind, dim, seed)
+    params, log_prob = build_jax(library, kind, dim, seed, start or DEFAULT_START)
     n_params = int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(params)))
     run, opt, evaluate = jax_trainer(log_prob, steps, task.dequantize)
     x = jnp.asarray(task.train)
@@ -358,18 +376,18 @@ def fit_jax(library: str, kind: str, task: Task, steps: int, seed: int) -> FitRe
     best = (math.inf, None, None)
     status = "ok"
     t0 = time.perf_counter()
-    for start in range(0, steps, chunk):
-        rows = idx[start:start + chunk]
+    for first in range(0, steps, chunk):
+        rows = idx[first:first + chunk]
         if len(rows) < chunk:  # keep one compiled shape: pad the last chunk (never happens for the default budgets)
             raise ValueError(f"steps ({steps}) must be a multiple of {chunk}")
-        params, state, losses = run(params, state, x, jnp.asarray(rows), jax.random.fold_in(key, start))
+        params, state, losses = run(params, state, x, jnp.asarray(rows), jax.random.fold_in(key, first))
         if not bool(jnp.all(jnp.isfinite(losses))):
-            status = f"non-finite loss before step {start + chunk}"
+            status = f"non-finite loss before step {first + chunk}"
             break
         if task.val is not None:
             v = -float(jnp.mean(evaluate(params, jnp.asarray(task.val))))
             if v < best[0]:
-                best = (v, start + chunk, params)
+                best = (v, first + chunk, params)
     jax.block_until_ready(params)
     seconds = time.perf_counter() - t0
     if best[2] is not None:
@@ -378,7 +396,7 @@ def fit_jax(library: str, kind: str, task: Task, steps: int, seed: int) -> FitRe
                          for c in np.array_split(task.test, max(1, len(task.test) // 5000))]).astype(np.float64)
     if not np.all(np.isfinite(lp)) and status == "ok":
         status = "non-finite test log-likelihood"
-    return FitResult(library, kind, task.name, seed, lp, seconds, n_params, status, best[1])
+    return FitResult(library, kind, task.name, seed, lp, seconds, n_params, status, best[1], start)
 
 
 # ================================================================================================ driver
@@ -386,21 +404,36 @@ def fit_jax(library: str, kind: str, task: Task, steps: int, seed: int) -> FitRe
 class Run:
     results: list[FitResult] = field(default_factory=list)
 
-    def get(self, library: str, kind: str, task: str) -> list[FitResult]:
-        return [r for r in self.results if r.library == library and r.kind == kind and r.task == task]
+    def get(self, library: str, kind: str, task: str, start: str | None = None) -> list[FitResult]:
+        return [r for r in self.results if r.library == library and r.kind == kind and r.task == task
+                and (start is None or r.start == start)]
 
 
-def fit_one(pair: str, library: str, kind: str, task: Task, steps: int, seed: int) -> FitResult:
+def fit_one(pair: str, library: str, kind: str, task: Task, steps: int, seed: int, start: str = "") -> FitResult:
+    """One fit; ``start`` (our libraries only) is the ``output_init`` of our flow."""
     fit = fit_torch if pair == "torch" else fit_jax
     try:
-        res = fit(library, kind, task, steps, seed)
+        res = fit(library, kind, task, steps, seed, start)
     except Exception as err:  # a peer that breaks must not stop the benchmark
-        res = FitResult(library, kind, task.name, seed, None, float("nan"), status=f"{type(err).__name__}: {err}")
+        res = FitResult(library, kind, task.name, seed, None, float("nan"), status=f"{type(err).__name__}: {err}",
+                        start=start)
     best = f", best step {res.best_step}" if res.best_step else ""
     extra = "" if res.status == "ok" else f"  [{res.status}]"
-    print(f"  {task.name:<12} {kind.upper():<4} {library:<13} seed {seed}: held-out LL {res.ll:9.4f}   "
+    label = f"{library} ({start})" if start else library
+    print(f"  {task.name:<12} {kind.upper():<4} {label:<22} seed {seed}: held-out LL {res.ll:9.4f}   "
           f"{res.seconds:6.1f} s{best}{extra}", flush=True)
     return res
+
+
+def fit_all(run: Run, pairs: Sequence[str], kinds: Sequence[str], starts: Sequence[str], task: Task, steps: int,
+            seed: int) -> None:
+    """Every library of ``pairs`` on ``task`` for one seed: ours once per start, the peers once."""
+    for pair in pairs:
+        ours, theirs = PAIRS[pair]
+        for kind in kinds:
+            for start in starts:
+                run.results.append(fit_one(pair, ours, kind, task, steps, seed, start))
+            run.results.append(fit_one(pair, theirs, kind, task, steps, seed))
 
 
 def paired(ours: list[FitResult], theirs: list[FitResult]) -> tuple[float, float]:
@@ -442,17 +475,15 @@ def verdict(diff: float, se: float) -> str:
     return "~ (within 2 se)" if -diff < 2 * se else "theirs better"
 
 
-def toy_tables(run: Run, pairs: Sequence[str], toys: Sequence[str], seeds: Sequence[int],
-               true_ll: dict[str, float]) -> str:
+def toy_tables(run: Run, pairs: Sequence[str], toys: Sequence[str], kinds: Sequence[str], starts: Sequence[str],
+               seeds: Sequence[int], true_ll: dict[str, float]) -> str:
     out = []
     for pair in pairs:
         ours, theirs = PAIRS[pair]
         rows = []
         for toy in toys:
-            for kind in KINDS:
-                a, b = run.get(ours, kind, toy), run.get(theirs, kind, toy)
-                if not a and not b:  # a flow left out with --kinds
-                    continue
+            for kind, start in ((k, s) for k in kinds for s in starts):
+                a, b = run.get(ours, kind, toy, start), run.get(theirs, kind, toy)
                 ll_a = float(np.mean([r.ll for r in a])) if a else float("nan")
                 ll_b = float(np.mean([r.ll for r in b])) if b else float("nan")
                 diff, se = paired(a, b)
@@ -466,28 +497,50 @@ def toy_tables(run: Run, pairs: Sequence[str], toys: Sequence[str], seeds: Seque
                         notes.append(f"{r.library} seed {r.seed}: {low} point(s) < {OUTLIER_LP:g} "
                                      f"(min {r.test_lp.min():.3g})")
                 notes = "; ".join(notes)
-                rows.append([toy, kind.upper(), fmt(ll_a), fmt(ll_b), f"{fmt(diff)} ± {fmt(se)}", per_seed,
+                rows.append([toy, kind.upper(), start, fmt(ll_a), fmt(ll_b), f"{fmt(diff)} ± {fmt(se)}", per_seed,
                              verdict(diff, se), fmt(true_ll.get(toy, float("nan"))), fmt(t_a, 1), fmt(t_b, 1),
                              notes])
-        headers = ["toy", "flow", ours, theirs, "ours - theirs ± se", "per seed", "verdict", "true", f"{ours} s",
-                   f"{theirs} s", "notes"]
+        headers = ["toy", "flow", "our output_init", ours, theirs, "ours - theirs ± se", "per seed", "verdict", "true",
+                   f"{ours} s", f"{theirs} s", "notes"]
         out.append(f"### {ours} vs {theirs} (held-out log-likelihood, nats/point, mean over seeds {list(seeds)})\n\n"
                    + md_table(headers, rows))
     return "\n\n".join(out)
 
 
-def digits_table(run: Run, pairs: Sequence[str], seeds: Sequence[int], baselines: dict[str, float]) -> str:
+def start_table(run: Run, pairs: Sequence[str], toys: Sequence[str], kinds: Sequence[str],
+                starts: Sequence[str]) -> str:
+    """Our flows' other starts against the first, paired by seed (same hidden-layer weights and mini-batches)."""
     rows = []
     for pair in pairs:
-        for library in PAIRS[pair]:
-            for kind in KINDS:
-                res = run.get(library, kind, "digits")
+        ours = PAIRS[pair][0]
+        for toy in toys:
+            for kind in kinds:
+                base = run.get(ours, kind, toy, starts[0])
+                for start in starts[1:]:
+                    other = run.get(ours, kind, toy, start)
+                    diff, se = paired(other, base)
+                    per_seed = " ".join(f"{ra.ll - rb.ll:+.3f}" for ra, rb in zip(other, base))
+                    rows.append([ours, toy, kind.upper(), f"{fmt(diff)} ± {fmt(se)}", per_seed])
+    headers = ["library", "toy", "flow", f"output_init {' / '.join(starts[1:])} - {starts[0]} ± se", "per seed"]
+    return ("### Our flows' starts compared (held-out log-likelihood, nats/point; higher is better)\n\n"
+            + md_table(headers, rows))
+
+
+def digits_table(run: Run, pairs: Sequence[str], kinds: Sequence[str], starts: Sequence[str], seeds: Sequence[int],
+                 baselines: dict[str, float]) -> str:
+    rows = []
+    for pair in pairs:
+        ours, theirs = PAIRS[pair]
+        for library, start in [(ours, s) for s in starts] + [(theirs, "")]:
+            for kind in kinds:
+                res = run.get(library, kind, "digits", start)
                 if not res:
                     continue
                 bpd = [bits_per_dim(r.ll) for r in res]
                 steps = ", ".join(str(r.best_step) for r in res)
                 notes = "; ".join(sorted({r.status for r in res if r.status != "ok"}))
-                rows.append([library, kind.upper(), f"{np.mean(bpd):.3f}", " ".join(f"{b:.3f}" for b in bpd),
+                label = f"{library} ({start})" if start else library
+                rows.append([label, kind.upper(), f"{np.mean(bpd):.3f}", " ".join(f"{b:.3f}" for b in bpd),
                              fmt(float(np.mean([r.ll for r in res])), 2), steps, str(res[0].params),
                              fmt(float(np.mean([r.seconds for r in res])), 1), notes])
     for name, ll in baselines.items():
@@ -509,7 +562,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pairs", nargs="+", choices=sorted(PAIRS), default=["torch", "jax"])
     parser.add_argument("--toys", nargs="+", choices=TOYS, default=None)
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="flows to fit (default both)")
+    parser.add_argument("--output-init", nargs="+", default=list(STARTS), metavar="START",
+                        help="our flows' output_init, one fit per value: 'fan_in' or a half-width (default 1e-3 "
+                             "fan_in: the library default and the peers' random start)")
     parser.add_argument("--no-digits", action="store_true")
+    parser.add_argument("--no-toys", action="store_true", help="digits only")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: stable on a shared CPU)")
     parser.add_argument("--out", default=str(HERE / "out" / "density.md"))
     args = parser.parse_args(argv)
@@ -518,9 +575,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     digits_steps = args.digits_steps or (200 if args.quick else 1500)
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2, 3])
     digits_seeds = args.digits_seeds or seeds[:1]
-    toys = args.toys or (("8gaussians", "checkerboard") if args.quick else TOYS)
+    toys = [] if args.no_toys else args.toys or (("8gaussians", "checkerboard") if args.quick else TOYS)
+    if args.no_toys and args.no_digits:
+        parser.error("--no-toys with --no-digits leaves nothing to fit")
     if digits_steps % DIGITS_EVAL_EVERY:
         parser.error(f"--digits-steps must be a multiple of {DIGITS_EVAL_EVERY}")
+    starts = list(dict.fromkeys(args.output_init))
+    from pyroflows.nn.mlp import output_init_bound
+
+    for start in starts:
+        try:
+            output_init_bound(output_init(start), 1)
+        except ValueError as err:
+            parser.error(f"--output-init {start!r}: {err}")
 
     import torch
 
@@ -529,25 +596,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     t_start = time.perf_counter()
     run = Run()
-    print(f"toys {list(toys)}: {steps} steps of batch {BATCH}; seeds {seeds}; pairs {args.pairs}", flush=True)
+    print(f"toys {list(toys)}: {steps} steps of batch {BATCH}; seeds {seeds}; pairs {args.pairs}; our output_init "
+          f"{starts}", flush=True)
     true_ll = {}
     for toy in toys:
         task = toy_task(toy)
         true_ll[toy] = task.true_ll
         for seed in seeds:
-            for pair in args.pairs:
-                for kind in args.kinds:
-                    for library in PAIRS[pair]:
-                        run.results.append(fit_one(pair, library, kind, task, steps, seed))
+            fit_all(run, args.pairs, args.kinds, starts, task, steps, seed)
     baselines = {}
     if not args.no_digits:
         task = digits_task()
         print(f"digits: {DIGITS_SPLIT} train/val/test, {digits_steps} steps of batch {DIGITS_BATCH}", flush=True)
         for seed in digits_seeds:
-            for pair in args.pairs:
-                for kind in args.kinds:
-                    for library in PAIRS[pair]:
-                        run.results.append(fit_one(pair, library, kind, task, digits_steps, seed))
+            fit_all(run, args.pairs, args.kinds, starts, task, digits_steps, seed)
         rng = np.random.default_rng(1)
         deq_train = (task.train + rng.uniform(size=task.train.shape)) / DIGITS_LEVELS
         baselines["Gaussian (full cov.)"] = gaussian_ll(deq_train, task.test)
@@ -555,14 +617,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     info = machine_info("cpu", ("pyroflows", "torch", "zuko", "jax", "numpyro", "flowjax", "optax"))
     total = time.perf_counter() - t_start
-    sections = [toy_tables(run, args.pairs, toys, seeds, true_ll)]
+    sections = [toy_tables(run, args.pairs, toys, args.kinds, starts, seeds, true_ll)] if toys else []
+    if toys and len(starts) > 1:
+        sections.append(start_table(run, args.pairs, toys, args.kinds, starts))
     if not args.no_digits:
-        sections.append(digits_table(run, args.pairs, digits_seeds, baselines))
+        sections.append(digits_table(run, args.pairs, args.kinds, starts, digits_seeds, baselines))
     header = (f"## Density benchmark (`benchmarks/density.py`{' --quick' if args.quick else ''})\n\n"
               f"Toys: {steps} steps, batch {BATCH}; digits: {digits_steps} steps, batch {DIGITS_BATCH}, best of "
               f"validation every {DIGITS_EVAL_EVERY}. Adam lr {LR} cosine to 0, clip {CLIP}; identical hand loops "
               f"within each pair. MAF/NSF: {NUM_TRANSFORMS} layers, hidden {HIDDEN}, NSF {COUNT_BINS} bins on "
-              f"[-{BOUND:g}, {BOUND:g}]. Total wall time {total / 60:.1f} min; torch threads {args.threads}.\n\n"
+              f"[-{BOUND:g}, {BOUND:g}]; our output_init {starts}. Total wall time {total / 60:.1f} min; torch threads "
+              f"{args.threads}.\n\n"
               f"Machine: {info['cpu_model']}, {info['usable_cores']} usable cores, load {info['load_average_1_5_15']}; "
               + ", ".join(f"{k} {v}" for k, v in sorted(info.get("versions", {}).items())))
     text = header + "\n\n" + "\n\n".join(sections) + "\n"

@@ -1,7 +1,7 @@
 """``output_init``: the start of the conditioners' output weights, in both packages.
 
 The default (``1e-3``) starts every MADE/MLP-conditioned flow at its base distribution, which guides and encoders rely
-on; ``"fan_in"`` (``±1/sqrt(fan_in)``, as ``torch.nn.Linear``, zuko and FlowJAX) is the random start recommended for
+on; ``"fan_in"`` (``±1/sqrt(fan_in)``, as ``torch.nn.Linear``, zuko and FlowJAX) is the random start, an option for
 density estimation. Checked here: the weights' scale, the identity start, the gradient that reaches the hidden layers,
 errors, saving, and that both packages lay out and scale the parameters the same way.
 """

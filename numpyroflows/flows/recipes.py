@@ -1,6 +1,6 @@
 """Named flows in JAX, with the arguments and defaults of :mod:`pyroflows.flows.recipes` (plus a PRNG ``key``),
-``output_init`` included (``1e-3``: start near the base distribution; ``"fan_in"``: the better start for density
-estimation)."""
+``output_init`` included (``1e-3``: start near the base distribution; ``"fan_in"``: random output weights, see
+:func:`pyroflows.nn.mlp.output_init_bound`)."""
 
 from __future__ import annotations
 

@@ -235,13 +235,13 @@ def fit(
     initialised are initialised (:func:`~numpyroflows.transforms.initialize_flow`) on up to 4096 shuffled training
     rows before the first step.
 
-    The start: the recipes begin at their base distribution (conditioners' ``output_init=1e-3``), as a guide or an
-    encoder should. For maximum likelihood build the flow with ``output_init="fan_in"`` (random output weights, as in
-    zuko and FlowJAX): the hidden layers then learn from the first step (on the 2-D toys this helped the affine MAF on
-    rings by 0.03 nats and was neutral elsewhere; ``benchmarks/RESULTS.md``, "the conditioners' start").
+    The start: the recipes begin at their base distribution (conditioners' ``output_init=1e-3``). For maximum
+    likelihood that is also the better start for spline flows (NSF); ``output_init="fan_in"`` (random output weights,
+    as in zuko and FlowJAX) helped the affine MAF on the hardest 2-D toy by 0.03 nats (``benchmarks/RESULTS.md``,
+    "the conditioners' start").
 
     Example:
-        >>> flow = flows.MAF(input_dim=2, output_init="fan_in", key=jax.random.PRNGKey(0))
+        >>> flow = flows.MAF(input_dim=2, key=jax.random.PRNGKey(0))
         >>> flow, history = fit(flow, x, max_steps=2000)
         >>> history.best_val_loss, flow().log_prob(x_test).mean()
 

@@ -7,8 +7,8 @@ context when ``context_dim > 0``) returns a Pyro distribution. Arguments use Pyr
 The MADE/MLP-conditioned recipes (:class:`MAF`, :class:`IAF`, :class:`NSF`, :class:`Coupling`, :class:`RealNVP`,
 :class:`NICE`) also take ``output_init``, the start of the conditioners' output weights: the default ``1e-3`` starts
 the flow within about ``1e-3`` of its base distribution (what a guide or a VAE encoder wants); ``"fan_in"``
-(``±1/sqrt(width)``, as in ``torch.nn.Linear``, zuko and FlowJAX) is the better start for density estimation by
-maximum likelihood (see :func:`pyroflows.nn.mlp.output_init_bound`).
+(``±1/sqrt(width)``, as in ``torch.nn.Linear``, zuko and FlowJAX) is an option for density estimation: it helped the
+affine MAF and hurt the spline flow (see :func:`pyroflows.nn.mlp.output_init_bound`).
 """
 
 from __future__ import annotations

@@ -26,11 +26,12 @@ def output_init_bound(output_init: float | str, fan_in: int) -> float:
     ``torch.nn.Linear`` (and of zuko's and FlowJAX's conditioners).
 
     Which to choose: a guide (:class:`~pyroflows.infer.AutoFlowGuide`) or a VAE encoder should start at its base
-    distribution, so keep the small default. For density estimation by maximum likelihood the random start
-    ``"fan_in"`` trains the hidden layers from the first step (with output weights near zero their gradient is near
-    zero: over 100 times smaller in ``tests/test_output_init.py``). On the 2-D toys of ``benchmarks/density.py`` it
-    raised the affine MAF's held-out log-likelihood on rings by 0.027 ± 0.008 nats (numpyroflows, 32 seeds; pyroflows
-    0.027 ± 0.010, 8 seeds) and made no difference beyond noise on the other toys (``benchmarks/RESULTS.md``).
+    distribution, so keep the small default. For density estimation by maximum likelihood neither start wins
+    everywhere (``benchmarks/density.py``, ``benchmarks/RESULTS.md``). ``"fan_in"`` trains the hidden layers from the
+    first step (with output weights near zero their gradient starts over 100 times smaller) and raised the affine
+    MAF's held-out log-likelihood on the rings toy by 0.027 nats in both packages; but the identity start fitted the
+    spline flow (NSF) better, by 0.06-0.07 nats on rings and 0.04-0.055 bits/dim on 64-d digits. So the default
+    stays everywhere; ``"fan_in"`` is worth trying for affine autoregressive flows.
     """
     if isinstance(output_init, str):
         if output_init == "fan_in":

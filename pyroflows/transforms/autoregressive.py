@@ -45,7 +45,7 @@ class AutoregressiveTransform(FlowTransform):
         output_init: half-width of the uniform start of MADE's output weights (its bias starts at the transformer's
             identity), or ``"fan_in"`` for ``±1/sqrt(hidden_dims[-1])``. The default ``1e-3`` starts the layer
             within about ``1e-3`` of the identity, which a guide or an encoder needs; ``"fan_in"`` (zuko's and
-            FlowJAX's start) is the start recommended for maximum likelihood (see
+            FlowJAX's start) helped affine MAFs fitted by maximum likelihood and hurt spline ones (see
             :func:`pyroflows.nn.mlp.output_init_bound`).
 
     Example:
