@@ -237,7 +237,7 @@ def fit(
 
     The start: the recipes begin at their base distribution (conditioners' ``output_init=1e-3``). For maximum
     likelihood that is also the better start for spline flows (NSF); ``output_init="fan_in"`` (random output weights,
-    as in zuko and FlowJAX) helped the affine MAF on the hardest 2-D toy by 0.03 nats (``benchmarks/RESULTS.md``,
+    as in zuko and FlowJAX) helped the affine MAF on the rings toy by 0.03 nats (``benchmarks/RESULTS.md``,
     "the conditioners' start").
 
     Example:
