@@ -256,6 +256,7 @@ def test_follows_dtype_of_to():
     assert z.dtype == lp.dtype == torch.float64
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("name", ["iaf", "planar"])
 def test_moves_to_cuda(name):

@@ -418,12 +418,13 @@ def test_gpu_guide_follows_to_cuda_and_cuda_default_device():
     assert Predictive(small_model, guide=guide, num_samples=5)(data.cuda())["scale"].device.type == "cuda"
 
     pyro.clear_param_store()
+    data = data.cuda()  # made first: _small_data's seeded generator is a CPU one
     previous = torch.get_default_device()
     torch.set_default_device("cuda")
     try:
         guide = AutoFlowGuide(small_model, "spline_iaf", hidden_dims=(16, 16))
         svi = SVI(small_model, guide, Adam({"lr": 1e-2}), Trace_ELBO())
-        assert math.isfinite(svi.step(_small_data().cuda()))
+        assert math.isfinite(svi.step(data))
         assert all(p.device.type == "cuda" for p in guide.parameters())
     finally:
         torch.set_default_device(previous)
