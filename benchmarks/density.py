@@ -4,7 +4,8 @@ Usage::
 
     python benchmarks/density.py [--quick] [--steps N] [--seeds 0 1 ...] [--digits-steps N] [--digits-seeds 0 ...]
                                  [--pairs torch jax] [--toys moons ...] [--kinds maf nsf] [--output-init 1e-3 fan_in]
-                                 [--no-digits] [--no-toys] [--threads T] [--out benchmarks/out/density.md]
+                                 [--affine-scale exp|softplus] [--no-digits] [--no-toys] [--threads T]
+                                 [--out benchmarks/out/density.md]
 
 What is compared. The same two flows in four libraries, with matching architectures:
 
@@ -18,6 +19,8 @@ What is compared. The same two flows in four libraries, with matching architectu
   output weights of the conditioners from ``U(±1/sqrt(64))`` like the other layers, as zuko's and FlowJAX's
   conditioners (``nn.Linear``, ``equinox.nn.Linear``) do. Both keep the output bias at the transformer's identity.
   A table pairs the two starts seed by seed.
+* ``--affine-scale softplus`` builds our MAFs with ``transformer={"name": "affine", "scale": "softplus"}`` (the scale
+  ``1e-3 + softplus(r + c)``, FlowJAX's form) instead of the default ``exp`` of a soft-clamped log-scale.
 * NSF: the same with rational-quadratic spline transformers of 8 bins on [-5, 5] and identity tails: ours
   ``flows.NSF(D, num_transforms=5, hidden_dims=(64, 64), count_bins=8, bound=5)``; zuko ``zuko.flows.NSF(D,
   transforms=5, hidden_features=(64, 64), bins=8)`` (zuko's bound is 5, checked at build time); FlowJAX
@@ -110,6 +113,8 @@ PAIRS = {"torch": ("pyroflows", "zuko"), "jax": ("numpyroflows", "flowjax")}
 #: start of zuko's and FlowJAX's conditioners
 STARTS = ("1e-3", "fan_in")
 DEFAULT_START = STARTS[0]
+#: our MAFs' affine scale (``--affine-scale``)
+AFFINE_SCALE = "exp"
 #: toys: held-out log-densities below this (nats) are counted in the notes (true log-densities lie above -10; an
 #: affine layer near its minimum scale can put a single held-out point thousands of nats down and move the mean)
 OUTLIER_LP = -50.0
@@ -204,6 +209,11 @@ class FitResult:
 
 
 # ================================================================================================ torch
+def maf_transformer() -> str | dict:
+    """Our MAFs' transformer: ``"affine"``, or the spec with the ``--affine-scale`` chosen."""
+    return "affine" if AFFINE_SCALE == "exp" else {"name": "affine", "scale": AFFINE_SCALE}
+
+
 def output_init(start: str) -> float | str:
     """``--output-init`` value -> the flows' ``output_init`` argument (``"fan_in"`` or a half-width)."""
     return start if start == "fan_in" else float(start)
@@ -217,7 +227,8 @@ def build_torch(library: str, kind: str, dim: int, start: str = DEFAULT_START):
         from pyroflows import flows
 
         if kind == "maf":
-            flow = flows.MAF(dim, num_transforms=NUM_TRANSFORMS, hidden_dims=HIDDEN, output_init=output_init(start))
+            flow = flows.MAF(dim, num_transforms=NUM_TRANSFORMS, hidden_dims=HIDDEN, transformer=maf_transformer(),
+                             output_init=output_init(start))
         else:
             flow = flows.NSF(dim, num_transforms=NUM_TRANSFORMS, hidden_dims=HIDDEN, count_bins=COUNT_BINS,
                              bound=BOUND, output_init=output_init(start))
@@ -298,8 +309,8 @@ def build_jax(library: str, kind: str, dim: int, seed: int, start: str = DEFAULT
         from numpyroflows import flows
 
         if kind == "maf":
-            flow = flows.MAF(dim, num_transforms=NUM_TRANSFORMS, hidden_dims=HIDDEN, output_init=output_init(start),
-                             key=key)
+            flow = flows.MAF(dim, num_transforms=NUM_TRANSFORMS, hidden_dims=HIDDEN, transformer=maf_transformer(),
+                             output_init=output_init(start), key=key)
         else:
             flow = flows.NSF(dim, num_transforms=NUM_TRANSFORMS, hidden_dims=HIDDEN, count_bins=COUNT_BINS,
                              bound=BOUND, output_init=output_init(start), key=key)
@@ -566,6 +577,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output-init", nargs="+", default=list(STARTS), metavar="START",
                         help="our flows' output_init, one fit per value: 'fan_in' or a half-width (default 1e-3 "
                              "fan_in: the library default and the peers' random start)")
+    parser.add_argument("--affine-scale", choices=("exp", "softplus"), default="exp",
+                        help="our MAFs' affine scale (default exp, the library default)")
     parser.add_argument("--no-digits", action="store_true")
     parser.add_argument("--no-toys", action="store_true", help="digits only")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: stable on a shared CPU)")
@@ -590,6 +603,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as err:
             parser.error(f"--output-init {start!r}: {err}")
 
+    global AFFINE_SCALE
+    AFFINE_SCALE = args.affine_scale
     import torch
 
     torch.set_num_threads(args.threads)
@@ -598,7 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.perf_counter()
     run = Run()
     print(f"toys {list(toys)}: {steps} steps of batch {BATCH}; seeds {seeds}; pairs {args.pairs}; our output_init "
-          f"{starts}", flush=True)
+          f"{starts}; our MAF's affine scale {AFFINE_SCALE}", flush=True)
     true_ll = {}
     for toy in toys:
         task = toy_task(toy)
@@ -627,8 +642,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"Toys: {steps} steps, batch {BATCH}; digits: {digits_steps} steps, batch {DIGITS_BATCH}, best of "
               f"validation every {DIGITS_EVAL_EVERY}. Adam lr {LR} cosine to 0, clip {CLIP}; identical hand loops "
               f"within each pair. MAF/NSF: {NUM_TRANSFORMS} layers, hidden {HIDDEN}, NSF {COUNT_BINS} bins on "
-              f"[-{BOUND:g}, {BOUND:g}]; our output_init {starts}. Total wall time {total / 60:.1f} min; torch threads "
-              f"{args.threads}.\n\n"
+              f"[-{BOUND:g}, {BOUND:g}]; our output_init {starts}, MAF affine scale {AFFINE_SCALE}. Total wall time "
+              f"{total / 60:.1f} min; torch threads {args.threads}.\n\n"
               f"Machine: {info['cpu_model']}, {info['usable_cores']} usable cores, load {info['load_average_1_5_15']}; "
               + ", ".join(f"{k} {v}" for k, v in sorted(info.get("versions", {}).items())))
     text = header + "\n\n" + "\n\n".join(sections) + "\n"

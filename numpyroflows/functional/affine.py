@@ -1,8 +1,9 @@
 """Elementwise affine and additive transformers, in JAX (mirrors :mod:`pyroflows.functional.affine`).
 
-The affine transformer ``y = shift + exp(s)·x`` with the soft-clamped log-scale ``s = r / (1 + |r|/5)``, the
-softplus diagonal scale of ``DiagonalAffine`` and its closed-form inverse, with the same formulas, constants and raw
-layouts as the torch module (whose docstring gives the reasons).
+The affine transformer ``y = shift + exp(s)·x`` with the soft-clamped log-scale ``s = r / (1 + |r|/5)`` (or, with
+``scale="softplus"``, ``y = shift + affine_scale(r)·x``), the softplus diagonal scale of ``DiagonalAffine`` and its
+closed-form inverse, with the same formulas, constants and raw layouts as the torch module (whose docstring gives the
+reasons).
 Additive (NICE, Dinh et al. 2014): ``y = x + shift``, raw layout ``[shift]``, log-det 0.
 """
 
@@ -47,16 +48,40 @@ def affine_log_scale(raw_scale: Array) -> Array:
     return raw_scale / (1.0 + jnp.abs(raw_scale) * (1.0 / LOG_SCALE_BOUND))
 
 
-def affine_forward(x: Array, params: Array) -> tuple[Array, Array]:
-    """``y = shift + exp(s)·x`` and ``s`` (broadcast to ``y``); mirrors the torch ``affine_forward``."""
-    log_scale = affine_log_scale(params[..., 1])
-    y = params[..., 0] + jnp.exp(log_scale) * x
-    return y, jnp.broadcast_to(log_scale, y.shape)
+#: the affine transformer's scale parameterizations; mirrors :data:`pyroflows.functional.affine.AFFINE_SCALES`
+AFFINE_SCALES = ("exp", "softplus")
 
 
-def affine_inverse(y: Array, params: Array) -> tuple[Array, Array]:
-    """``x = (y - shift)·exp(-s)`` and ``s`` (the *forward* log-derivative, broadcast to ``x``); mirrors the torch
+def check_affine_scale(scale: str) -> str:
+    """``scale`` if it names one of :data:`AFFINE_SCALES`, else a ``ValueError`` naming them (the torch message)."""
+    if scale not in AFFINE_SCALES:
+        raise ValueError(f"the affine transformer's scale must be one of {AFFINE_SCALES} ('exp': exp of a log-scale "
+                         f"soft-clamped to (-5, 5), the default; 'softplus': unbounded, linear growth), got {scale!r}")
+    return scale
+
+
+def _scale_and_log(raw_scale: Array, scale: str) -> tuple[Array, Array]:
+    if scale == "softplus":
+        a = affine_scale(raw_scale)
+        return a, jnp.log(a)
+    log_scale = affine_log_scale(raw_scale)
+    return jnp.exp(log_scale), log_scale
+
+
+def affine_forward(x: Array, params: Array, scale: str = "exp") -> tuple[Array, Array]:
+    """``y = shift + a·x`` and ``log a`` (broadcast to ``y``); mirrors the torch ``affine_forward``."""
+    a, log_a = _scale_and_log(params[..., 1], scale)
+    y = params[..., 0] + a * x
+    return y, jnp.broadcast_to(log_a, y.shape)
+
+
+def affine_inverse(y: Array, params: Array, scale: str = "exp") -> tuple[Array, Array]:
+    """``x = (y - shift) / a`` and ``log a`` (the *forward* log-derivative, broadcast to ``x``); mirrors the torch
     ``affine_inverse``."""
+    if scale == "softplus":
+        a, log_a = _scale_and_log(params[..., 1], scale)
+        x = (y - params[..., 0]) / a
+        return x, jnp.broadcast_to(log_a, x.shape)
     log_scale = affine_log_scale(params[..., 1])
     x = (y - params[..., 0]) * jnp.exp(-log_scale)
     return x, jnp.broadcast_to(log_scale, x.shape)

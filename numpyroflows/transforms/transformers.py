@@ -69,16 +69,23 @@ class Transformer:
 
 
 class Affine(Transformer):
-    """``y = shift + exp(s) · x``, ``s = affine_log_scale(raw)`` in ``(-5, 5)``; mirrors the torch ``Affine``."""
+    """``y = shift + a · x``, ``a = exp(affine_log_scale(raw))`` (``scale="exp"``) or ``affine_scale(raw)``
+    (``scale="softplus"``); mirrors the torch ``Affine``."""
 
     name = "affine"
     num_params = 2
 
+    def __init__(self, scale: str = "exp") -> None:
+        self.scale = F_aff.check_affine_scale(scale)
+
+    def kwargs(self) -> dict:
+        return {} if self.scale == "exp" else {"scale": self.scale}
+
     def forward(self, x: Array, params: Array) -> tuple[Array, Array]:
-        return F_aff.affine_forward(x, params)
+        return F_aff.affine_forward(x, params, self.scale)
 
     def inverse(self, y: Array, params: Array) -> tuple[Array, Array]:
-        x, ld = F_aff.affine_inverse(y, params)
+        x, ld = F_aff.affine_inverse(y, params, self.scale)
         return x, -ld
 
 

@@ -4,7 +4,10 @@ Affine transformer (MAF, IAF, RealNVP; Papamakarios et al. 2017, Kingma et al. 2
 ``y = shift + exp(s)·x`` with the log-scale ``s = r / (1 + |r|/B)``, a rational soft clamp of the raw parameter ``r``
 into ``(-B, B)``, ``B = LOG_SCALE_BOUND = 5``: slope 1 at ``r = 0`` (raw zeros are the identity), bounded per layer so
 deep stacks stay stable, and the log-derivative ``s`` comes without a logarithm. Raw layout on the last axis:
-``[shift, raw_scale]``.
+``[shift, raw_scale]``. ``scale="softplus"`` instead takes the scale ``MIN_SCALE + softplus(r + c)`` of
+:func:`affine_scale` (``r = 0`` is the identity; FlowJAX's affine transformer is a softplus too): it grows linearly in
+``r`` with no upper bound and has slope 1/2 at ``r = 0`` where the exponential form has slope 1; see
+:data:`AFFINE_SCALES`.
 
 Diagonal scale (``DiagonalAffine``, the LU diagonal, guide and encoder heads): ``scale = MIN_SCALE + softplus(raw +
 c)`` with ``c`` such that ``raw = 0`` gives 1 (:func:`affine_scale`); it grows linearly, not exponentially, in its raw
@@ -46,16 +49,42 @@ def affine_log_scale(raw_scale: Tensor) -> Tensor:
     return raw_scale / (1.0 + raw_scale.abs() * (1.0 / LOG_SCALE_BOUND))
 
 
-def affine_forward(x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-    """``y = shift + exp(s)·x`` and ``s`` (the log-derivative, broadcast to ``y``), ``s = affine_log_scale(raw)``."""
-    log_scale = affine_log_scale(params[..., 1])
-    y = torch.addcmul(params[..., 0], torch.exp(log_scale), x)
-    return y, log_scale.expand(y.shape)
+#: the affine transformer's scale parameterizations: ``"exp"`` (the default), ``exp`` of the soft-clamped
+#: :func:`affine_log_scale`; ``"softplus"``, :func:`affine_scale`
+AFFINE_SCALES = ("exp", "softplus")
 
 
-def affine_inverse(y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-    """``x = (y - shift)·exp(-s)`` and ``s`` (the *forward* log-derivative, broadcast to ``x``, as every kernel's
-    inverse returns it)."""
+def check_affine_scale(scale: str) -> str:
+    """``scale`` if it names one of :data:`AFFINE_SCALES`, else a ``ValueError`` naming them."""
+    if scale not in AFFINE_SCALES:
+        raise ValueError(f"the affine transformer's scale must be one of {AFFINE_SCALES} ('exp': exp of a log-scale "
+                         f"soft-clamped to (-5, 5), the default; 'softplus': unbounded, linear growth), got {scale!r}")
+    return scale
+
+
+def _scale_and_log(raw_scale: Tensor, scale: str) -> tuple[Tensor, Tensor]:
+    if scale == "softplus":
+        s = affine_scale(raw_scale)
+        return s, torch.log(s)
+    log_scale = affine_log_scale(raw_scale)
+    return torch.exp(log_scale), log_scale
+
+
+def affine_forward(x: Tensor, params: Tensor, scale: str = "exp") -> tuple[Tensor, Tensor]:
+    """``y = shift + a·x`` and ``log a`` (the log-derivative, broadcast to ``y``), with ``a = exp(affine_log_scale(r))``
+    (``scale="exp"``) or ``a = affine_scale(r)`` (``scale="softplus"``)."""
+    a, log_a = _scale_and_log(params[..., 1], scale)
+    y = torch.addcmul(params[..., 0], a, x)
+    return y, log_a.expand(y.shape)
+
+
+def affine_inverse(y: Tensor, params: Tensor, scale: str = "exp") -> tuple[Tensor, Tensor]:
+    """``x = (y - shift) / a`` and ``log a`` (the *forward* log-derivative, broadcast to ``x``, as every kernel's
+    inverse returns it); ``a`` as in :func:`affine_forward`."""
+    if scale == "softplus":
+        a, log_a = _scale_and_log(params[..., 1], scale)
+        x = (y - params[..., 0]) / a
+        return x, log_a.expand(x.shape)
     log_scale = affine_log_scale(params[..., 1])
     x = (y - params[..., 0]) * torch.exp(-log_scale)
     return x, log_scale.expand(x.shape)
