@@ -6,8 +6,8 @@ into ``(-B, B)``, ``B = LOG_SCALE_BOUND = 5``: slope 1 at ``r = 0`` (raw zeros a
 deep stacks stay stable, and the log-derivative ``s`` comes without a logarithm. Raw layout on the last axis:
 ``[shift, raw_scale]``. ``scale="softplus"`` instead takes the scale ``MIN_SCALE + softplus(r + c)`` of
 :func:`affine_scale` (``r = 0`` is the identity; FlowJAX's affine transformer is a softplus too): it grows linearly in
-``r`` with no upper bound and has slope 1/2 at ``r = 0`` where the exponential form has slope 1; see
-:data:`AFFINE_SCALES`.
+``r`` with no upper bound, and its log-derivative ``log a`` has slope ``1 - e^{-1} ≈ 0.63`` in ``r`` at ``r = 0``
+where the exponential form's has slope 1; see :data:`AFFINE_SCALES`.
 
 Diagonal scale (``DiagonalAffine``, the LU diagonal, guide and encoder heads): ``scale = MIN_SCALE + softplus(raw +
 c)`` with ``c`` such that ``raw = 0`` gives 1 (:func:`affine_scale`); it grows linearly, not exponentially, in its raw
