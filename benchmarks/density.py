@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/density.py [--quick] [--steps N] [--seeds 0 1 ...] [--digits-steps N] [--digits-seeds 0 ...]
                                  [--pairs torch jax] [--toys moons ...] [--kinds maf nsf] [--output-init 1e-3 fan_in]
-                                 [--affine-scale exp|softplus] [--no-digits] [--no-toys] [--threads T]
+                                 [--affine-scale exp|softplus] [--randperm] [--no-digits] [--no-toys] [--threads T]
                                  [--out benchmarks/out/density.md]
 
 What is compared. The same two flows in four libraries, with matching architectures:
@@ -21,6 +21,9 @@ What is compared. The same two flows in four libraries, with matching architectu
   A table pairs the two starts seed by seed.
 * ``--affine-scale softplus`` builds our MAFs with ``transformer={"name": "affine", "scale": "softplus"}`` (the scale
   ``1e-3 + softplus(r + c)``, FlowJAX's form) instead of the default ``exp`` of a soft-clamped log-scale.
+* ``--randperm`` builds our MAFs and NSFs with ``randperm=True``: a random variable order for every layer after the
+  first instead of the order reversed between layers (FlowJAX permutes at random for D > 2; for D = 2 either way is
+  a flip or the identity).
 * NSF: the same with rational-quadratic spline transformers of 8 bins on [-5, 5] and identity tails: ours
   ``flows.NSF(D, num_transforms=5, hidden_dims=(64, 64), count_bins=8, bound=5)``; zuko ``zuko.flows.NSF(D,
   transforms=5, hidden_features=(64, 64), bins=8)`` (zuko's bound is 5, checked at build time); FlowJAX
@@ -113,8 +116,9 @@ PAIRS = {"torch": ("pyroflows", "zuko"), "jax": ("numpyroflows", "flowjax")}
 #: start of zuko's and FlowJAX's conditioners
 STARTS = ("1e-3", "fan_in")
 DEFAULT_START = STARTS[0]
-#: our MAFs' affine scale (``--affine-scale``)
+#: our MAFs' affine scale (``--affine-scale``) and our autoregressive flows' ``randperm`` (``--randperm``)
 AFFINE_SCALE = "exp"
+RANDPERM = False
 #: toys: held-out log-densities below this (nats) are counted in the notes (true log-densities lie above -10; an
 #: affine layer near its minimum scale can put a single held-out point thousands of nats down and move the mean)
 OUTLIER_LP = -50.0
@@ -228,10 +232,10 @@ def build_torch(library: str, kind: str, dim: int, start: str = DEFAULT_START):
 
         if kind == "maf":
             flow = flows.MAF(dim, num_transforms=NUM_TRANSFORMS, hidden_dims=HIDDEN, transformer=maf_transformer(),
-                             output_init=output_init(start))
+                             output_init=output_init(start), randperm=RANDPERM)
         else:
             flow = flows.NSF(dim, num_transforms=NUM_TRANSFORMS, hidden_dims=HIDDEN, count_bins=COUNT_BINS,
-                             bound=BOUND, output_init=output_init(start))
+                             bound=BOUND, output_init=output_init(start), randperm=RANDPERM)
     else:
         import zuko
 
@@ -310,10 +314,10 @@ def build_jax(library: str, kind: str, dim: int, seed: int, start: str = DEFAULT
 
         if kind == "maf":
             flow = flows.MAF(dim, num_transforms=NUM_TRANSFORMS, hidden_dims=HIDDEN, transformer=maf_transformer(),
-                             output_init=output_init(start), key=key)
+                             output_init=output_init(start), randperm=RANDPERM, key=key)
         else:
             flow = flows.NSF(dim, num_transforms=NUM_TRANSFORMS, hidden_dims=HIDDEN, count_bins=COUNT_BINS,
-                             bound=BOUND, output_init=output_init(start), key=key)
+                             bound=BOUND, output_init=output_init(start), randperm=RANDPERM, key=key)
         params = flow.params
         cache_key = (library, kind, dim)
         if cache_key not in _JAX_CACHE:
@@ -579,6 +583,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "fan_in: the library default and the peers' random start)")
     parser.add_argument("--affine-scale", choices=("exp", "softplus"), default="exp",
                         help="our MAFs' affine scale (default exp, the library default)")
+    parser.add_argument("--randperm", action="store_true",
+                        help="our MAFs/NSFs with randperm=True (a random order per layer; default: reversed)")
     parser.add_argument("--no-digits", action="store_true")
     parser.add_argument("--no-toys", action="store_true", help="digits only")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: stable on a shared CPU)")
@@ -603,8 +609,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as err:
             parser.error(f"--output-init {start!r}: {err}")
 
-    global AFFINE_SCALE
-    AFFINE_SCALE = args.affine_scale
+    global AFFINE_SCALE, RANDPERM
+    AFFINE_SCALE, RANDPERM = args.affine_scale, args.randperm
     import torch
 
     torch.set_num_threads(args.threads)
@@ -613,7 +619,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.perf_counter()
     run = Run()
     print(f"toys {list(toys)}: {steps} steps of batch {BATCH}; seeds {seeds}; pairs {args.pairs}; our output_init "
-          f"{starts}; our MAF's affine scale {AFFINE_SCALE}", flush=True)
+          f"{starts}; our MAF's affine scale {AFFINE_SCALE}; randperm {RANDPERM}", flush=True)
     true_ll = {}
     for toy in toys:
         task = toy_task(toy)
@@ -642,8 +648,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"Toys: {steps} steps, batch {BATCH}; digits: {digits_steps} steps, batch {DIGITS_BATCH}, best of "
               f"validation every {DIGITS_EVAL_EVERY}. Adam lr {LR} cosine to 0, clip {CLIP}; identical hand loops "
               f"within each pair. MAF/NSF: {NUM_TRANSFORMS} layers, hidden {HIDDEN}, NSF {COUNT_BINS} bins on "
-              f"[-{BOUND:g}, {BOUND:g}]; our output_init {starts}, MAF affine scale {AFFINE_SCALE}. Total wall time "
-              f"{total / 60:.1f} min; torch threads {args.threads}.\n\n"
+              f"[-{BOUND:g}, {BOUND:g}]; our output_init {starts}, MAF affine scale {AFFINE_SCALE}, randperm "
+              f"{RANDPERM}. Total wall time {total / 60:.1f} min; torch threads {args.threads}.\n\n"
               f"Machine: {info['cpu_model']}, {info['usable_cores']} usable cores, load {info['load_average_1_5_15']}; "
               + ", ".join(f"{k} {v}" for k, v in sorted(info.get("versions", {}).items())))
     text = header + "\n\n" + "\n\n".join(sections) + "\n"

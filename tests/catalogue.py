@@ -15,6 +15,7 @@ H = (16, 16)
 CATALOGUE: dict[str, tuple[Callable[[int, int], flows.Flow], bool]] = {
     "MAF": (lambda d, c: flows.MAF(d, c, num_transforms=2, hidden_dims=H), True),
     "MAF-softplus": (lambda d, c: flows.MAF(d, c, 2, H, transformer={"name": "affine", "scale": "softplus"}), True),
+    "MAF-randperm": (lambda d, c: flows.MAF(d, c, num_transforms=3, hidden_dims=H, randperm=True), True),
     "MAF-additive": (lambda d, c: flows.MAF(d, c, 2, H, transformer="additive"), True),
     "MAF-bspline": (lambda d, c: flows.MAF(d, c, 2, H, transformer="bspline", count_bins=5, bound=3.0), True),
     "MAF-mixture": (lambda d, c: flows.MAF(d, c, 2, H, transformer="mixture", count_bins=3), True),

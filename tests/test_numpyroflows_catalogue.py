@@ -33,6 +33,7 @@ def _key(i: int = 0):
 CATALOGUE = {
     "MAF": lambda d, c, k: F.MAF(d, c, num_transforms=2, hidden_dims=H, key=k),
     "MAF-softplus": lambda d, c, k: F.MAF(d, c, 2, H, transformer={"name": "affine", "scale": "softplus"}, key=k),
+    "MAF-randperm": lambda d, c, k: F.MAF(d, c, num_transforms=3, hidden_dims=H, randperm=True, key=k),
     "IAF": lambda d, c, k: F.IAF(d, c, num_transforms=2, hidden_dims=H, key=k),
     "NSF": lambda d, c, k: F.NSF(d, c, num_transforms=2, hidden_dims=H, count_bins=5, bound=3.0, key=k),
     "Coupling-spline": lambda d, c, k: F.Coupling(d, c, 2, H, transformer="spline", count_bins=5, bound=3.0, key=k),

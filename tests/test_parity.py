@@ -21,6 +21,7 @@ RECIPES = {
     "MAF": lambda pkg, c: pkg.MAF(3, c, num_transforms=2, hidden_dims=H),
     "MAF-spline": lambda pkg, c: pkg.MAF(3, c, 2, H, transformer="spline", count_bins=5, bound=3.0),
     "MAF-softplus": lambda pkg, c: pkg.MAF(3, c, 2, H, transformer={"name": "affine", "scale": "softplus"}),
+    "NSF-randperm": lambda pkg, c: pkg.NSF(3, c, 3, H, count_bins=5, bound=3.0, randperm=True),
     "IAF": lambda pkg, c: pkg.IAF(3, c, num_transforms=2, hidden_dims=H),
     "NSF": lambda pkg, c: pkg.NSF(3, c, num_transforms=2, hidden_dims=H, count_bins=5, bound=3.0),
     "Coupling-spline": lambda pkg, c: pkg.Coupling(3, c, 2, H, transformer="spline", count_bins=5, bound=3.0),

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax
+import numpy as np
 
 from ..nn.mlp import OUTPUT_INIT
 from ..transforms.autoregressive import AutoregressiveTransform
@@ -17,12 +18,18 @@ from .core import Flow
 Array = jax.Array
 
 
-def _orders(i: int) -> str:
+def _orders(i: int, input_dim: int, randperm: bool = False) -> str | tuple[int, ...]:
+    """Layer ``i``'s variable order: reversed between layers (Papamakarios et al. 2017; cheaper than a permutation
+    layer), or with ``randperm`` a random permutation for every layer after the first, drawn from
+    ``numpy.random.default_rng(i)`` so that both packages build the same masks."""
+    if randperm and i > 0:
+        return tuple(np.random.default_rng(i).permutation(input_dim).tolist())
     return "ascending" if i % 2 == 0 else "descending"
 
 
 class MAF(Flow):
-    """Masked autoregressive flow (Papamakarios et al. 2017): density in one pass per layer, sampling in ``D``."""
+    """Masked autoregressive flow (Papamakarios et al. 2017): density in one pass per layer, sampling in ``D``.
+    Same arguments as :class:`pyroflows.flows.MAF` (``randperm`` included: the same orders), plus ``key``."""
 
     _orientation = "maf"
 
@@ -37,13 +44,15 @@ class MAF(Flow):
         bound: float = 5.0,
         activation: str = "relu",
         output_init: float | str = OUTPUT_INIT,
+        randperm: bool = False,
         *,
         key: Array | None = None,
     ) -> None:
         keys = jax.random.split(default_key(key), num_transforms)
         super().__init__([
-            AutoregressiveTransform(input_dim, transformer, context_dim, hidden_dims, self._orientation, _orders(i),
-                                    activation, count_bins, bound, output_init, key=keys[i])
+            AutoregressiveTransform(input_dim, transformer, context_dim, hidden_dims, self._orientation,
+                                    _orders(i, input_dim, randperm), activation, count_bins, bound, output_init,
+                                    key=keys[i])
             for i in range(num_transforms)
         ])
 
@@ -67,13 +76,15 @@ class NSF(Flow):
         bound: float = 5.0,
         activation: str = "relu",
         output_init: float | str = OUTPUT_INIT,
+        randperm: bool = False,
         *,
         key: Array | None = None,
     ) -> None:
         keys = jax.random.split(default_key(key), num_transforms)
         super().__init__([
-            AutoregressiveTransform(input_dim, "spline", context_dim, hidden_dims, "maf", _orders(i), activation,
-                                    count_bins, bound, output_init, key=keys[i])
+            AutoregressiveTransform(input_dim, "spline", context_dim, hidden_dims, "maf",
+                                    _orders(i, input_dim, randperm), activation, count_bins, bound, output_init,
+                                    key=keys[i])
             for i in range(num_transforms)
         ])
 
