@@ -34,10 +34,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpyro  # noqa: E402
 import numpyro.distributions as dist  # noqa: E402
 from numpyro.infer import SVI, Trace_ELBO  # noqa: E402
+from test_encoder_numpyro import X_DIM, _encoder, _perturbed  # noqa: E402
 from test_numpyroflows_catalogue import CATALOGUE, NAMES, build  # noqa: E402
 
 from numpyroflows import flows as F  # noqa: E402
-from numpyroflows.infer import ENCODER_FLOWS, AutoFlowGuide, FeatureMLP, FlowEncoder  # noqa: E402
+from numpyroflows.infer import ENCODER_FLOWS, AutoFlowGuide  # noqa: E402
 
 
 def _device(platform: str):
@@ -259,13 +260,8 @@ def _encode(enc, x, key):
 @pytest.mark.parametrize("name", list(ENCODER_FLOWS))
 def test_flow_encoder_on_gpu_matches_cpu(name):
     with jax.enable_x64(True):
-        extra = {} if name == "diagonal" else {"num_transforms": 2, "hidden_dims": () if name == "sylvester" else (8,)}
-        enc = FlowEncoder(FeatureMLP(6, (10,), activation="tanh", key=jax.random.PRNGKey(1)), 3, name,
-                          key=jax.random.PRNGKey(0), **extra)
-        keys = jax.random.split(jax.random.PRNGKey(2), len(enc.params))
-        enc = enc.with_params({k: jnp.asarray(v, jnp.float64) + 0.2 * jax.random.normal(kk, v.shape, jnp.float64)
-                               for kk, (k, v) in zip(keys, enc.params.items())})
-        x = jnp.asarray(np.random.default_rng(3).normal(size=(16, 6)))
+        enc = _perturbed(_encoder(name))  # the encoder of test_encoder_numpyro: X_DIM 6, latent 3
+        x = jnp.asarray(np.random.default_rng(3).normal(size=(16, X_DIM)))
         enc_gpu, x_gpu = jax.device_put((enc, x), GPU)
         _assert_on(enc_gpu.params, GPU, "encoder parameter ")
         out_gpu = _encode(enc_gpu, x_gpu, jax.random.PRNGKey(4))

@@ -81,10 +81,10 @@ def affine_inverse(y: Array, params: Array, scale: str = "exp") -> tuple[Array, 
     if scale == "softplus":
         a, log_a = _scale_and_log(params[..., 1], scale)
         x = (y - params[..., 0]) / a
-        return x, jnp.broadcast_to(log_a, x.shape)
-    log_scale = affine_log_scale(params[..., 1])
-    x = (y - params[..., 0]) * jnp.exp(-log_scale)
-    return x, jnp.broadcast_to(log_scale, x.shape)
+    else:  # multiply by exp(-s) rather than divide by exp(s)
+        log_a = affine_log_scale(params[..., 1])
+        x = (y - params[..., 0]) * jnp.exp(-log_a)
+    return x, jnp.broadcast_to(log_a, x.shape)
 
 
 def additive_forward(x: Array, params: Array) -> tuple[Array, Array]:

@@ -130,12 +130,19 @@ def made_output(layers, h: Array, *, input_dim: int, num_params: int, dim: int |
     w, b = layers[-1]
     if dim is not None:  # units p·D + dim
         w, b = w[dim::input_dim], b[dim::input_dim]
+    return _made_output_rows(w, b, h, num_params=num_params, num_dims=input_dim if dim is None else 1,
+                            params_first=params_first)
+
+
+def _made_output_rows(w: Array, b: Array, h: Array, *, num_params: int, num_dims: int,
+                     params_first: bool = False) -> Array:
+    """:func:`made_output` from given rows ``(w, b)`` of the output layer (parameter-major, ``num_params ·
+    num_dims`` units): all of them, or one dimension's ``P`` rows, which a ``lax.scan`` over the dimensions slices
+    ahead of the loop."""
     if params_first:
         out = jnp.tensordot(w, h, axes=[[1], [h.ndim - 1]]) + b.reshape(b.shape + (1,) * (h.ndim - 1))
-        return out.reshape((num_params, input_dim if dim is None else 1) + h.shape[:-1])
-    if dim is None:
-        return params_view(h @ w.T + b, num_params, input_dim)
-    return (h @ w.T + b)[..., None, :]
+        return out.reshape((num_params, num_dims) + h.shape[:-1])
+    return params_view(h @ w.T + b, num_params, num_dims)
 
 
 def made_apply(params: dict[str, Array], x: Array, context: Array | None = None, *, input_dim: int, num_params: int,

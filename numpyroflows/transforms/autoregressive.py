@@ -13,12 +13,13 @@ the CPU (the scan took 1.2-1.5x as long at 2^14-2^18 on 2 CPU cores).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
-from ..nn.made import _layers, made_hidden, made_init, made_output, made_sequence
+from ..nn.made import _layers, _made_output_rows, made_hidden, made_init, made_output, made_sequence
 from ..nn.mlp import OUTPUT_INIT
 from .base import FlowTransform, default_key
 from .transformers import Transformer, make_transformer
@@ -32,10 +33,7 @@ SCAN_MIN_BATCH = 2**15
 
 def _scan_the_dimensions(batch_shape: tuple[int, ...]) -> bool:
     """Whether the slow direction loops over the dimensions with ``lax.scan`` (decided at trace time)."""
-    n = 1
-    for k in batch_shape:
-        n *= int(k)
-    return n >= SCAN_MIN_BATCH and jax.default_backend() != "cpu"
+    return math.prod(int(k) for k in batch_shape) >= SCAN_MIN_BATCH and jax.default_backend() != "cpu"
 
 
 class AutoregressiveTransform(FlowTransform):
@@ -111,12 +109,11 @@ class AutoregressiveTransform(FlowTransform):
             dim, w_dim, b_dim = xs
             h = made_hidden(made, out, context, hidden_dims=self.hidden_dims, order=self.order,
                             activation=self.activation, layers=layers, **self._kw())
-            if first:  # (P, 1, *batch), as made_output(..., dim=dim, params_first=True)
-                theta = jnp.tensordot(w_dim, h, axes=[[1], [h.ndim - 1]]) + b_dim.reshape((p,) + (1,) * (h.ndim - 1))
-                value, ld = self.transformer._inverse_first(given[..., dim][None], theta.reshape((p, 1) + batch))
+            theta = _made_output_rows(w_dim, b_dim, h, num_params=p, num_dims=1, params_first=first)
+            if first:  # theta (P, 1, *batch)
+                value, ld = self.transformer._inverse_first(given[..., dim][None], theta)
                 value, ld = value[0], ld[0]
-            else:  # (*batch, 1, P), as made_output(..., dim=dim)
-                theta = (h @ w_dim.T + b_dim)[..., None, :]
+            else:  # theta (*batch, 1, P)
                 value, ld = self.transformer.inverse(given[..., dim][..., None], theta)
                 value, ld = value[..., 0], ld[..., 0]
             return (out.at[..., dim].set(value), total + ld), None

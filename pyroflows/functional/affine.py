@@ -84,10 +84,10 @@ def affine_inverse(y: Tensor, params: Tensor, scale: str = "exp") -> tuple[Tenso
     if scale == "softplus":
         a, log_a = _scale_and_log(params[..., 1], scale)
         x = (y - params[..., 0]) / a
-        return x, log_a.expand(x.shape)
-    log_scale = affine_log_scale(params[..., 1])
-    x = (y - params[..., 0]) * torch.exp(-log_scale)
-    return x, log_scale.expand(x.shape)
+    else:  # multiply by exp(-s) rather than divide by exp(s)
+        log_a = affine_log_scale(params[..., 1])
+        x = (y - params[..., 0]) * torch.exp(-log_a)
+    return x, log_a.expand(x.shape)
 
 
 def additive_forward(x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
