@@ -7,7 +7,9 @@ import pyro.distributions as dist
 import pytest
 import torch
 
+import pyroflows
 from pyroflows import _checks
+from pyroflows.flows.core import Flow
 from pyroflows.transforms.base import from_config
 from pyroflows.transforms.elementwise import LeakyReLU, Sigmoid, Tanh
 from pyroflows.transforms.linear import (
@@ -216,6 +218,43 @@ def test_lu_structure():
     assert torch.allclose(t.weight(), p @ lower @ upper, atol=1e-6)
     assert torch.allclose(log_diag.sum(), torch.linalg.slogdet(t.weight())[1], atol=1e-5)
     assert torch.equal(LULinear(5, seed=2).perm, t.perm) and not torch.equal(LULinear(5, seed=3).perm, t.perm)
+
+
+@pytest.mark.parametrize("permutation, expected", [("identity", [0, 1, 2, 3, 4]), ([3, 0, 4, 1, 2], [3, 0, 4, 1, 2])])
+def test_lu_permutation_argument(permutation, expected, tmp_path):
+    """``permutation="identity"`` gives ``W = L U`` (the identity map at the start); a list is ``P`` itself; either
+    way the weight, the map, its inverse and the log-determinant agree, and a saved flow keeps ``P``."""
+    torch.manual_seed(0)
+    t = LULinear(5, permutation=permutation).double()
+    assert t.perm.tolist() == expected and t.inv_perm.tolist() == torch.argsort(torch.tensor(expected)).tolist()
+    x = torch.randn(7, 5, dtype=torch.float64)
+    y, ld = t.forward_and_log_det(x)
+    assert torch.allclose(y, x[..., expected], atol=1e-12) and ld.abs().max() < 1e-12
+    with torch.no_grad():
+        t.head.packed.normal_()
+        t.head.raw_diag.normal_()
+        t.head.shift.normal_()
+    from pyroflows.functional.linear import lu_factors
+
+    w, b = t.weight(), t.head.shift
+    lower, upper, _ = lu_factors(t.head.packed, t.head.raw_diag)
+    p = torch.zeros(5, 5, dtype=torch.float64)
+    p[torch.arange(5), torch.tensor(expected)] = 1.0  # row i of W is row expected[i] of L U
+    assert torch.allclose(w, p @ lower @ upper, atol=1e-12)
+    y, ld = t.forward_and_log_det(x)
+    assert torch.allclose(y, x @ w.T + b, atol=1e-12)
+    assert torch.allclose(ld, torch.linalg.slogdet(w)[1].expand(7), atol=1e-10)
+    assert torch.allclose(t.inverse_and_log_det(y)[0], x, atol=1e-10)
+    pyroflows.save(Flow([t]), tmp_path / "lu.pt")
+    back = pyroflows.load(tmp_path / "lu.pt").double()
+    assert back.transforms[0].perm.tolist() == expected
+    assert torch.allclose(back.transforms[0].weight(), w, atol=0)
+
+
+@pytest.mark.parametrize("bad", ["reverse", [0, 1, 1, 2, 3], [0, 1, 2], [0, 1, 2, 3, 5]])
+def test_lu_bad_permutation_names_the_choices(bad):
+    with pytest.raises(ValueError, match="identity" if isinstance(bad, str) else "exactly once"):
+        LULinear(5, permutation=bad)
 
 
 def test_actnorm_standardises_first_batch_forward_and_is_stable_after():

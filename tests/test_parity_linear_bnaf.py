@@ -29,6 +29,8 @@ TOL = {"atol": 1e-9, "rtol": 1e-9}
 CASES = {
     "DiagonalAffine": (lambda L, B, c: [L.DiagonalAffine(D, c, H)], True),
     "LULinear": (lambda L, B, c: [L.LULinear(D, c, H, seed=3)], True),
+    "LULinear-identity": (lambda L, B, c: [L.LULinear(D, c, H, permutation="identity")], True),
+    "LULinear-given": (lambda L, B, c: [L.LULinear(D, c, H, permutation=[2, 0, 1])], True),
     "Permutation": (lambda L, B, c: [L.Permutation(D, [1, 2, 0]), L.DiagonalAffine(D, c, H)], False),
     "ReversePermutation": (lambda L, B, c: [L.ReversePermutation(D), L.DiagonalAffine(D, c, H)], False),
     "RandomPermutation": (lambda L, B, c: [L.DiagonalAffine(D, c, H), L.RandomPermutation(D, seed=7)], False),
@@ -124,6 +126,15 @@ def test_random_permutations_are_pyroflows_own(seed, d):
     tl, jl = tlin.LULinear(d, seed=seed), jlin.LULinear(d, seed=seed)
     np.testing.assert_array_equal(np.asarray(jl.params["perm"]).astype(int), tl.perm.numpy())
     np.testing.assert_array_equal(np.asarray(jl.params["inv_perm"]).astype(int), tl.inv_perm.numpy())
+    given = np.random.default_rng(seed).permutation(d).tolist()
+    for permutation in ("identity", given):
+        tl, jl = tlin.LULinear(d, permutation=permutation), jlin.LULinear(d, permutation=permutation)
+        np.testing.assert_array_equal(np.asarray(jl.params["perm"]).astype(int), tl.perm.numpy())
+        np.testing.assert_array_equal(np.asarray(jl.params["inv_perm"]).astype(int), tl.inv_perm.numpy())
+    with pytest.raises(ValueError, match="exactly once"):
+        jlin.LULinear(d, permutation=[d] * d)
+    with pytest.raises(ValueError, match="identity"):
+        jlin.LULinear(d, permutation="reverse")
 
 
 @pytest.mark.parametrize("context_dim", [0, 2])

@@ -527,11 +527,10 @@ class AutoFlowGuide(AutoContinuous):
             warnings.warn(f"AutoFlowGuide.warm_start: {clamped} conditional posterior sd(s) are below what the guide's "
                           f"scales can represent ({_LAYER_FLOOR ** 2:.0e} in unconstrained space); they were raised to "
                           "it", RuntimeWarning, stacklevel=4)
-        lu = LULinear(d)
+        lu = LULinear(d, permutation="identity")
         lu_params = dict(lu.params)
         pdt = lu_params["head.shift"].dtype
-        identity = jnp.arange(d, dtype=lu_params["perm"].dtype)
-        lu_params.update({"perm": identity, "inv_perm": identity, "head.packed": jnp.asarray(packed, pdt),
+        lu_params.update({"head.packed": jnp.asarray(packed, pdt),
                           "head.raw_diag": affine_scale_inverse(jnp.asarray(diag)).astype(pdt),
                           "head.shift": jnp.asarray(shift, pdt)})
         params["head.shift"] = jnp.asarray(init_loc, params["head.shift"].dtype)

@@ -116,24 +116,44 @@ class DiagonalAffine(_LinearBase):
         return x, jnp.broadcast_to(-jnp.log(scale).sum(-1), x.shape[:-1])
 
 
+def _check_permutation(permutation: Sequence[int], d: int) -> np.ndarray:
+    """``permutation`` as an int64 array if it lists each of ``0..d-1`` exactly once, else a ``ValueError`` (as
+    pyroflows' check)."""
+    perm = np.asarray([int(i) for i in permutation], dtype=np.int64)
+    if perm.shape != (d,) or not np.array_equal(np.sort(perm), np.arange(d)):
+        raise ValueError(
+            f"permutation must list each of 0..{d - 1} exactly once (input_dim={d}), got {list(permutation)}"
+        )
+    return perm
+
+
 class LULinear(_LinearBase):
     """Invertible linear layer ``y = W x + b`` with ``W = P L U`` (LU-decomposed, as Glow's 1x1 convolutions).
 
-    ``P`` is a fixed random permutation drawn from ``seed`` (the very permutation pyroflows draws), ``L`` is unit
-    lower triangular and ``U`` upper triangular with diagonal ``1e-3 + softplus(raw)`` (raw 0 gives 1), so
-    ``log|det W| = Σ log diag(U)`` and the inverse is two triangular solves. ``L`` and ``U`` start at the identity.
-    Same arguments as :class:`pyroflows.transforms.LULinear`, plus ``key``. Parameters: ``perm``, ``inv_perm``
+    ``P`` is a fixed permutation, by default drawn at random from ``seed`` (the very permutation pyroflows draws),
+    ``"identity"`` or given (``permutation``); ``L`` is unit lower triangular and ``U`` upper triangular with
+    diagonal ``1e-3 + softplus(raw)`` (raw 0 gives 1), so ``log|det W| = Σ log diag(U)`` and the inverse is two
+    triangular solves. ``L`` and ``U`` start at the identity. Same arguments as
+    :class:`pyroflows.transforms.LULinear`, plus ``key``. Parameters: ``perm``, ``inv_perm``
     (buffers, see the module docstring), ``head.shift``, ``head.packed``, ``head.raw_diag`` (or ``head.net.*``).
 
     Reference: Kingma & Dhariwal (2018), "Glow: Generative Flow with Invertible 1x1 Convolutions".
     """
 
     def __init__(self, input_dim: int, context_dim: int = 0, hidden_dims: Sequence[int] = (64, 64), seed: int = 0,
-                 *, key: Array | None = None) -> None:
+                 permutation: Sequence[int] | str | None = None, *, key: Array | None = None) -> None:
         super().__init__(input_dim, context_dim)
         d = self.input_dim
         self.hidden_dims, self.seed = tuple(int(h) for h in hidden_dims), int(seed)
-        perm = torch_randperm(d, self.seed)
+        if permutation is None:
+            perm = torch_randperm(d, self.seed)
+        elif isinstance(permutation, str):
+            if permutation != "identity":
+                raise ValueError(f"LULinear's permutation must be None (random, from seed), 'identity' or a list of "
+                                 f"0..{d - 1}, got {permutation!r}")
+            perm = np.arange(d)
+        else:
+            perm = _check_permutation(permutation, d)
         self._shape_items = (("shift", (d,)), ("packed", (d, d)), ("raw_diag", (d,)))
         init = {"shift": jnp.zeros(d), "packed": jnp.zeros((d, d)), "raw_diag": jnp.zeros(d)}
         self.params = {"perm": jnp.asarray(perm, jnp.float32), "inv_perm": jnp.asarray(np.argsort(perm), jnp.float32),
@@ -178,11 +198,7 @@ class Permutation(_LinearBase):
         super().__init__(input_dim, 0)
         d = self.input_dim
         if permutation is not None:
-            perm = np.asarray([int(i) for i in permutation], dtype=np.int64)
-            if perm.shape != (d,) or not np.array_equal(np.sort(perm), np.arange(d)):
-                raise ValueError(
-                    f"permutation must list each of 0..{d - 1} exactly once (input_dim={d}), got {list(permutation)}"
-                )
+            perm = _check_permutation(permutation, d)
         elif kind == "reverse":
             perm = np.arange(d - 1, -1, -1)
         elif kind == "random":

@@ -481,7 +481,7 @@ class AutoFlowGuide(AutoContinuous):
         layers = self._build_transform_flow(d)
         if exact:
             _zero_conditioner_outputs(layers.transforms)
-        extra = [] if factor is None else [LULinear(d)]
+        extra = [] if factor is None else [LULinear(d, permutation="identity")]
         flow = Flow([*layers.transforms, *extra, DiagonalAffine(d)], base=layers.base)
         flow.to(device=loc.device, dtype=loc.dtype)  # the guide lives where the model's values live
         self._initialise_affine(flow, loc, factor)
@@ -520,9 +520,6 @@ class AutoFlowGuide(AutoContinuous):
                           f"scales can represent ({_LAYER_FLOOR ** 2:.0e} in unconstrained space); they were raised to "
                           "it", RuntimeWarning, stacklevel=4)
         ref = init_loc
-        identity = torch.arange(self.latent_dim, device=lu.perm.device)
-        lu.perm.copy_(identity)
-        lu.inv_perm.copy_(identity)
         lu.head.set_value("packed", packed.to(ref))
         lu.head.set_value("raw_diag", affine_scale_inverse(diag).to(ref))
         lu.head.set_value("shift", shift.to(ref))

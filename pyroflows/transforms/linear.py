@@ -19,6 +19,16 @@ from .base import FlowTransform
 Tensor = torch.Tensor
 
 
+def _check_permutation(permutation: Sequence[int], d: int) -> Tensor:
+    """``permutation`` as a long tensor if it lists each of ``0..d-1`` exactly once, else a ``ValueError``."""
+    perm = torch.as_tensor([int(i) for i in permutation], dtype=torch.long)
+    if perm.shape != (d,) or not torch.equal(torch.sort(perm).values, torch.arange(d)):
+        raise ValueError(
+            f"permutation must list each of 0..{d - 1} exactly once (input_dim={d}), got {list(permutation)}"
+        )
+    return perm
+
+
 class DiagonalAffine(FlowTransform):
     """Elementwise affine map with one learnable shift and positive scale per dimension.
 
@@ -58,16 +68,23 @@ class DiagonalAffine(FlowTransform):
 class LULinear(FlowTransform):
     """Invertible linear layer ``y = W x + b`` with ``W = P L U`` (LU-decomposed, as Glow's 1x1 convolutions).
 
-    ``P`` is a fixed random permutation (a buffer drawn from ``seed``), ``L`` is unit lower triangular and ``U`` upper
-    triangular with diagonal ``1e-3 + softplus(raw)`` (raw 0 gives 1), so ``log|det W| = Σ log diag(U)`` costs O(D)
-    and the inverse is two triangular solves. ``L`` and ``U`` start at the identity (``W = P``). With a context each
-    batch element gets its own matrix and the solves are batched.
+    ``P`` is a fixed permutation (a buffer; by default drawn at random from ``seed``), ``L`` is unit lower triangular
+    and ``U`` upper triangular with diagonal ``1e-3 + softplus(raw)`` (raw 0 gives 1), so ``log|det W| = Σ log diag(U)``
+    costs O(D) and the inverse is two triangular solves. ``L`` and ``U`` start at the identity (``W = P``). With a
+    context each batch element gets its own matrix and the solves are batched.
+
+    Without pivoting (``P = I``) not every invertible matrix has an LU factorization, but every one has some ``P``
+    that makes ``P⁻¹ W`` factorizable; a random ``P`` also mixes the coordinates from the first step, as Glow does.
+    ``permutation="identity"`` gives ``W = L U``, which starts at the identity map (the warm start of
+    ``AutoFlowGuide`` uses it to place ``W`` at a Cholesky factor).
 
     Args:
         input_dim: D.
         context_dim: size of the context (0: free parameters).
         hidden_dims: hidden widths of the context network.
-        seed: seed of the fixed permutation.
+        seed: seed of the random permutation.
+        permutation: ``None`` (default: random, drawn from ``seed``), ``"identity"``, or ``P`` itself as a list of
+            ``0..D-1`` (row ``i`` of ``W`` is row ``permutation[i]`` of ``L U``).
 
     Example:
         >>> t = LULinear(4)
@@ -78,14 +95,27 @@ class LULinear(FlowTransform):
     """
 
     def __init__(
-        self, input_dim: int, context_dim: int = 0, hidden_dims: Sequence[int] = (64, 64), seed: int = 0
+        self,
+        input_dim: int,
+        context_dim: int = 0,
+        hidden_dims: Sequence[int] = (64, 64),
+        seed: int = 0,
+        permutation: Sequence[int] | str | None = None,
     ) -> None:
         super().__init__(input_dim, context_dim)
         d = self.input_dim
-        gen = torch.Generator().manual_seed(int(seed))
-        # drawn on the CPU (a seeded CPU generator gives the same permutation on every machine), then placed on the
-        # default device like every other tensor built here
-        perm = torch.randperm(d, generator=gen, device="cpu").to(torch.empty(0).device)
+        if permutation is None:
+            gen = torch.Generator().manual_seed(int(seed))
+            # drawn on the CPU (a seeded CPU generator gives the same permutation on every machine)
+            perm = torch.randperm(d, generator=gen, device="cpu")
+        elif isinstance(permutation, str):
+            if permutation != "identity":
+                raise ValueError(f"LULinear's permutation must be None (random, from seed), 'identity' or a list of "
+                                 f"0..{d - 1}, got {permutation!r}")
+            perm = torch.arange(d)
+        else:
+            perm = _check_permutation(permutation, d)
+        perm = perm.to(torch.empty(0).device)  # placed on the default device like every other tensor built here
         self.register_buffer("perm", perm)
         self.register_buffer("inv_perm", torch.argsort(perm))
         init = {"shift": torch.zeros(d), "packed": torch.zeros(d, d), "raw_diag": torch.zeros(d)}
@@ -134,11 +164,7 @@ class Permutation(FlowTransform):
         super().__init__(input_dim, 0)
         d = self.input_dim
         if permutation is not None:
-            perm = torch.as_tensor([int(i) for i in permutation], dtype=torch.long)
-            if perm.shape != (d,) or not torch.equal(torch.sort(perm).values, torch.arange(d)):
-                raise ValueError(
-                    f"permutation must list each of 0..{d - 1} exactly once (input_dim={d}), got {list(permutation)}"
-                )
+            perm = _check_permutation(permutation, d)
         elif kind == "reverse":
             perm = torch.arange(d - 1, -1, -1)
         elif kind == "random":
