@@ -74,9 +74,9 @@ class LULinear(FlowTransform):
     context each batch element gets its own matrix and the solves are batched.
 
     Without pivoting (``P = I``) not every invertible matrix has an LU factorization, but every one has some ``P``
-    that makes ``P⁻¹ W`` factorizable; a random ``P`` also mixes the coordinates from the first step, as Glow does.
-    ``permutation="identity"`` gives ``W = L U``, which starts at the identity map (the warm start of
-    ``AutoFlowGuide`` uses it to place ``W`` at a Cholesky factor).
+    that makes ``P⁻¹ W`` factorizable; a random ``P`` also mixes the coordinates from the first step (Glow fixes ``P``
+    from the LU decomposition of a random rotation). ``permutation="identity"`` gives ``W = L U``, which starts at
+    the identity map (the warm start of ``AutoFlowGuide`` uses it to place ``W`` at a Cholesky factor).
 
     Args:
         input_dim: D.
