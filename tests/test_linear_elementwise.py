@@ -220,6 +220,35 @@ def test_lu_structure():
     assert torch.equal(LULinear(5, seed=2).perm, t.perm) and not torch.equal(LULinear(5, seed=3).perm, t.perm)
 
 
+def test_diagonal_affine_starts_at_the_given_loc_and_scale(tmp_path):
+    loc, scale = torch.tensor([1.0, 0.0, -1.0, 0.5]), torch.tensor([2.0, 1.0, 0.05, 3.0])
+    t = DiagonalAffine(D, loc=loc.tolist(), scale=scale.tolist())
+    assert t.head.raw_scale[1].item() == 0.0  # a scale of exactly 1 is a raw value of exactly 0
+    x = torch.randn(9, D)
+    y, ld = t.forward_and_log_det(x)
+    torch.testing.assert_close(y, loc + scale * x, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(ld, torch.log(scale).sum().expand(9), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(t.inverse_and_log_det(y)[0], x, atol=1e-5, rtol=1e-5)
+    # numbers broadcast; the defaults are the identity with raw parameters exactly zero
+    torch.testing.assert_close(DiagonalAffine(D, loc=2.0, scale=3.0)(x), 2.0 + 3.0 * x)
+    assert all(torch.equal(p, torch.zeros(D)) for p in DiagonalAffine(D).parameters())
+    # with a context the start is the network's output bias: the map starts near loc + scale x
+    c = DiagonalAffine(D, C, hidden_dims=(16,), loc=loc.tolist(), scale=scale.tolist())
+    torch.testing.assert_close(c.forward_and_log_det(x, torch.randn(9, C))[0], loc + scale * x, atol=0.05, rtol=0.05)
+    pyroflows.save(Flow([t]), tmp_path / "affine.pt")
+    torch.testing.assert_close(pyroflows.load(tmp_path / "affine.pt").transforms[0].forward_and_log_det(x)[0], y)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"scale": 1e-4}, "above its floor"), ({"scale": [1.0, -2.0, 1.0, 1.0]}, "floor"),
+    ({"loc": [0.0, 1.0]}, f"a number or {D} numbers"), ({"loc": float("nan")}, "finite"),
+    ({"scale": [[1.0]] * D}, "shape"),
+])
+def test_diagonal_affine_bad_start_names_the_fix(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DiagonalAffine(D, **kwargs)
+
+
 @pytest.mark.parametrize("permutation, expected", [("identity", [0, 1, 2, 3, 4]), ([3, 0, 4, 1, 2], [3, 0, 4, 1, 2])])
 def test_lu_permutation_argument(permutation, expected, tmp_path):
     """``permutation="identity"`` gives ``W = L U`` (the identity map at the start); a list is ``P`` itself; either

@@ -137,6 +137,18 @@ def test_random_permutations_are_pyroflows_own(seed, d):
         jlin.LULinear(d, permutation="reverse")
 
 
+@pytest.mark.parametrize("loc, scale", [(0.0, 1.0), ([0.5, -1.0, 2.0], [0.3, 1.0, 4.0]), (1.5, 1e-2)])
+def test_diagonal_affine_start_is_pyroflows_own(loc, scale):
+    t = tlin.DiagonalAffine(D, loc=loc, scale=scale)
+    j = jlin.DiagonalAffine(D, loc=loc, scale=scale)
+    for name in ("shift", "raw_scale"):
+        np.testing.assert_allclose(np.asarray(j.params[f"head.{name}"]), getattr(t.head, name).detach().numpy(),
+                                   rtol=1e-6, atol=1e-7)
+    for kwargs in ({"scale": 1e-3}, {"loc": [1.0, 2.0]}, {"loc": np.inf}):
+        with pytest.raises(ValueError, match="DiagonalAffine's"):
+            jlin.DiagonalAffine(D, **kwargs)
+
+
 @pytest.mark.parametrize("context_dim", [0, 2])
 @pytest.mark.parametrize("direction", ["forward", "inverse"])
 def test_actnorm_initialize_matches_pyroflows_first_call(context_dim, direction):

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ..functional import affine as F_aff
 from ..functional import linear as F_lin
 from ..functional.affine import affine_scale
 from ..nn.params import head_params, param_head_init
@@ -83,25 +84,50 @@ def _head_params(key: Array | None, init: dict[str, Any], context_dim: int, hidd
     return {f"head.{k}": v for k, v in param_head_init(default_key(key), init, context_dim, hidden_dims).items()}
 
 
+def _affine_start(d: int, loc: Any, scale: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Starting ``(shift, raw_scale)`` of a ``DiagonalAffine`` (float64 NumPy, shape ``(d,)``), with the checks and
+    messages of pyroflows' ``_affine_start``; the raw scale is :func:`~numpyroflows.functional.affine.
+    affine_scale_inverse` computed in float64 (exactly 0 for a scale of exactly 1)."""
+    values = {}
+    for name, v in (("loc", loc), ("scale", scale)):
+        a = np.asarray(v, dtype=np.float64)
+        if a.ndim > 1 or a.size not in (1, d):
+            raise ValueError(f"DiagonalAffine's {name} must be a number or {d} numbers (input_dim={d}), "
+                             f"got shape {a.shape}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"DiagonalAffine's {name} must be finite, got {a.tolist()}")
+        values[name] = np.broadcast_to(a.reshape(-1), (d,)).copy()
+    s = values["scale"]
+    if not np.all(s > F_aff.MIN_SCALE):
+        raise ValueError(f"DiagonalAffine's scale must be above its floor {F_aff.MIN_SCALE:g}, got {s.tolist()}; "
+                         "rescale the data or the model")
+    y = s - F_aff.MIN_SCALE
+    raw = np.where(s == 1.0, 0.0, y + np.log(-np.expm1(-y)) - F_aff._SCALE_SHIFT)
+    return values["loc"], raw
+
+
 class DiagonalAffine(_LinearBase):
     """Elementwise affine map with one learnable shift and positive scale per dimension.
 
     ``y = shift + scale ⊙ x`` with ``scale = affine_scale(raw_scale)`` (``1e-3 + softplus``, ``raw_scale = 0`` gives
-    1); ``log|det| = Σ log scale``. Starts at the identity. Same arguments as
-    :class:`pyroflows.transforms.DiagonalAffine`, plus ``key`` (PRNG key of the context network). Parameters:
-    ``head.shift``, ``head.raw_scale`` (or ``head.net.*`` with a context).
+    1); ``log|det| = Σ log scale``. Starts at ``shift = loc``, ``scale = scale``: the identity by default. Same
+    arguments as :class:`pyroflows.transforms.DiagonalAffine`, plus ``key`` (PRNG key of the context network).
+    Parameters: ``head.shift``, ``head.raw_scale`` (or ``head.net.*`` with a context).
 
     Reference: Dinh et al. (2017), "Density estimation using Real NVP" (the affine map, here unconditioned).
     """
 
-    def __init__(self, input_dim: int, context_dim: int = 0, hidden_dims: Sequence[int] = (64, 64), *,
+    def __init__(self, input_dim: int, context_dim: int = 0, hidden_dims: Sequence[int] = (64, 64),
+                 loc: float | Sequence[float] = 0.0, scale: float | Sequence[float] = 1.0, *,
                  key: Array | None = None) -> None:
         super().__init__(input_dim, context_dim)
         self.hidden_dims = tuple(int(h) for h in hidden_dims)
         d = self.input_dim
         self._shape_items = (("shift", (d,)), ("raw_scale", (d,)))
-        self.params = _head_params(key, {"shift": jnp.zeros(d), "raw_scale": jnp.zeros(d)}, context_dim,
-                                   self.hidden_dims)
+        shift, raw_scale = _affine_start(d, loc, scale)
+        dtype = jnp.result_type(float)  # float32, or float64 with jax_enable_x64
+        init = {"shift": jnp.asarray(shift, dtype), "raw_scale": jnp.asarray(raw_scale, dtype)}
+        self.params = _head_params(key, init, context_dim, self.hidden_dims)
 
     def _forward_ld(self, params: dict, x: Array, context: Array | None) -> tuple[Array, Array]:
         p = self._head(params, context)

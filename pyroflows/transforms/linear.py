@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..functional import linear as F_lin
-from ..functional.affine import affine_scale
+from ..functional.affine import MIN_SCALE, affine_scale, affine_scale_inverse
 from ..nn.params import ParamHead
 from .base import FlowTransform
 
@@ -29,28 +29,59 @@ def _check_permutation(permutation: Sequence[int], d: int) -> Tensor:
     return perm
 
 
+def _affine_start(d: int, loc: Any, scale: Any) -> tuple[Tensor, Tensor]:
+    """Starting ``(shift, raw_scale)`` of a ``DiagonalAffine`` (float64, shape ``(d,)``) for ``loc`` and ``scale``
+    (numbers or ``d`` numbers); a ``ValueError`` naming the fix for other shapes, non-finite values or scales at or
+    below the floor. A scale of exactly 1 gives a raw value of exactly 0."""
+    values = {}
+    for name, v in (("loc", loc), ("scale", scale)):
+        t = torch.as_tensor(v, dtype=torch.float64)
+        if t.ndim > 1 or t.numel() not in (1, d):
+            raise ValueError(f"DiagonalAffine's {name} must be a number or {d} numbers (input_dim={d}), "
+                             f"got shape {tuple(t.shape)}")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"DiagonalAffine's {name} must be finite, got {t.tolist()}")
+        values[name] = t.reshape(-1).expand(d).clone()
+    s = values["scale"]
+    if not bool((s > MIN_SCALE).all()):
+        raise ValueError(f"DiagonalAffine's scale must be above its floor {MIN_SCALE:g}, got {s.tolist()}; "
+                         "rescale the data or the model")
+    raw = torch.where(s == 1.0, torch.zeros_like(s), affine_scale_inverse(s))
+    return values["loc"], raw
+
+
 class DiagonalAffine(FlowTransform):
     """Elementwise affine map with one learnable shift and positive scale per dimension.
 
     ``y = shift + scale ⊙ x`` with ``scale = affine_scale(raw_scale)`` (``1e-3 + softplus``, ``raw_scale = 0`` gives
-    1); ``log|det| = Σ log scale``. Starts at the identity.
+    1); ``log|det| = Σ log scale``. Starts at ``shift = loc``, ``scale = scale``: the identity by default.
 
     Args:
         input_dim: D.
         context_dim: size of the context (0: free parameters).
         hidden_dims: hidden widths of the context network.
+        loc: starting shift, a number or ``D`` numbers (with a context: the network's output bias).
+        scale: starting scale, a number or ``D`` numbers, each above the floor ``1e-3``.
 
     Example:
-        >>> t = DiagonalAffine(3)
-        >>> y, ladj = t.forward_and_log_det(torch.randn(10, 3))
+        >>> t = DiagonalAffine(3, loc=[1.0, 0.0, -1.0], scale=2.0)
+        >>> t(torch.zeros(1, 3))
+        tensor([[ 1.,  0., -1.]], grad_fn=<AddBackward0>)
 
     Reference: Dinh et al. (2017), "Density estimation using Real NVP" (the affine map, here unconditioned).
     """
 
-    def __init__(self, input_dim: int, context_dim: int = 0, hidden_dims: Sequence[int] = (64, 64)) -> None:
+    def __init__(
+        self,
+        input_dim: int,
+        context_dim: int = 0,
+        hidden_dims: Sequence[int] = (64, 64),
+        loc: float | Sequence[float] = 0.0,
+        scale: float | Sequence[float] = 1.0,
+    ) -> None:
         super().__init__(input_dim, context_dim)
-        zeros = torch.zeros(self.input_dim)
-        self.head = ParamHead({"shift": zeros, "raw_scale": zeros.clone()}, context_dim, hidden_dims)
+        shift, raw_scale = _affine_start(self.input_dim, loc, scale)
+        self.head = ParamHead({"shift": shift, "raw_scale": raw_scale}, context_dim, hidden_dims)
 
     def _forward_ld(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         p = self.head(context)
