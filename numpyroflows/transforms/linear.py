@@ -142,9 +142,16 @@ class DiagonalAffine(_LinearBase):
         return x, jnp.broadcast_to(-jnp.log(scale).sum(-1), x.shape[:-1])
 
 
-def _check_permutation(permutation: Sequence[int], d: int) -> np.ndarray:
-    """``permutation`` as an int64 array if it lists each of ``0..d-1`` exactly once, else a ``ValueError`` (as
-    pyroflows' check)."""
+def _make_permutation(d: int, permutation: Sequence[int] | str, seed: int, kinds: tuple[str, ...],
+                      where: str) -> np.ndarray:
+    """The permutation of ``0..d-1`` that ``permutation`` gives (int64 NumPy), as pyroflows' ``_make_permutation``
+    (``"random"`` is the very permutation pyroflows draws, :func:`torch_randperm`), with its checks and messages."""
+    if isinstance(permutation, str):
+        if permutation not in kinds:
+            raise ValueError(f"{where} must be one of {kinds} or a list of 0..{d - 1}, got {permutation!r}")
+        if permutation == "random":
+            return torch_randperm(d, seed)
+        return np.arange(d - 1, -1, -1) if permutation == "reverse" else np.arange(d)
     perm = np.asarray([int(i) for i in permutation], dtype=np.int64)
     if perm.shape != (d,) or not np.array_equal(np.sort(perm), np.arange(d)):
         raise ValueError(
@@ -171,15 +178,8 @@ class LULinear(_LinearBase):
         super().__init__(input_dim, context_dim)
         d = self.input_dim
         self.hidden_dims, self.seed = tuple(int(h) for h in hidden_dims), int(seed)
-        if permutation is None:
-            perm = torch_randperm(d, self.seed)
-        elif isinstance(permutation, str):
-            if permutation != "identity":
-                raise ValueError(f"LULinear's permutation must be None (random, from seed), 'identity' or a list of "
-                                 f"0..{d - 1}, got {permutation!r}")
-            perm = np.arange(d)
-        else:
-            perm = _check_permutation(permutation, d)
+        perm = _make_permutation(d, "random" if permutation is None else permutation, self.seed,
+                                 ("random", "identity"), "LULinear's permutation")
         self._shape_items = (("shift", (d,)), ("packed", (d, d)), ("raw_diag", (d,)))
         init = {"shift": jnp.zeros(d), "packed": jnp.zeros((d, d)), "raw_diag": jnp.zeros(d)}
         self.params = {"perm": jnp.asarray(perm, jnp.float32), "inv_perm": jnp.asarray(np.argsort(perm), jnp.float32),
@@ -223,14 +223,8 @@ class Permutation(_LinearBase):
                  seed: int = 0, *, key: Array | None = None) -> None:
         super().__init__(input_dim, 0)
         d = self.input_dim
-        if permutation is not None:
-            perm = _check_permutation(permutation, d)
-        elif kind == "reverse":
-            perm = np.arange(d - 1, -1, -1)
-        elif kind == "random":
-            perm = torch_randperm(d, seed)
-        else:
-            raise ValueError(f"unknown permutation kind {kind!r}: use 'reverse' or 'random', or pass permutation=")
+        perm = _make_permutation(d, kind if permutation is None else permutation, seed, ("reverse", "random"),
+                                 "Permutation's kind")
         self.perm = tuple(int(i) for i in perm)  # static copy, for display; the math uses params["perm"]
         self.params = {"perm": jnp.asarray(perm, jnp.float32), "inv_perm": jnp.asarray(np.argsort(perm), jnp.float32)}
 

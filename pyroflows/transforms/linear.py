@@ -19,14 +19,25 @@ from .base import FlowTransform
 Tensor = torch.Tensor
 
 
-def _check_permutation(permutation: Sequence[int], d: int) -> Tensor:
-    """``permutation`` as a long tensor if it lists each of ``0..d-1`` exactly once, else a ``ValueError``."""
-    perm = torch.as_tensor([int(i) for i in permutation], dtype=torch.long)
-    if perm.shape != (d,) or not torch.equal(torch.sort(perm).values, torch.arange(d)):
-        raise ValueError(
-            f"permutation must list each of 0..{d - 1} exactly once (input_dim={d}), got {list(permutation)}"
-        )
-    return perm
+def _make_permutation(d: int, permutation: Sequence[int] | str, seed: int, kinds: tuple[str, ...],
+                      where: str) -> Tensor:
+    """The permutation of ``0..d-1`` that ``permutation`` gives, on the default device: a list of ``0..d-1`` itself,
+    or one of ``kinds``: ``"random"`` (drawn from ``seed`` with a CPU generator, so the same on every machine),
+    ``"reverse"`` or ``"identity"``; a ``ValueError`` naming the choices otherwise."""
+    if isinstance(permutation, str):
+        if permutation not in kinds:
+            raise ValueError(f"{where} must be one of {kinds} or a list of 0..{d - 1}, got {permutation!r}")
+        if permutation == "random":
+            perm = torch.randperm(d, generator=torch.Generator().manual_seed(int(seed)), device="cpu")
+        else:
+            perm = torch.arange(d - 1, -1, -1) if permutation == "reverse" else torch.arange(d)
+    else:
+        perm = torch.as_tensor([int(i) for i in permutation], dtype=torch.long)
+        if perm.shape != (d,) or not torch.equal(torch.sort(perm).values.cpu(), torch.arange(d, device="cpu")):
+            raise ValueError(
+                f"permutation must list each of 0..{d - 1} exactly once (input_dim={d}), got {list(permutation)}"
+            )
+    return perm.to(torch.empty(0).device)  # placed on the default device like every other tensor built here
 
 
 def _affine_start(d: int, loc: Any, scale: Any) -> tuple[Tensor, Tensor]:
@@ -114,8 +125,8 @@ class LULinear(FlowTransform):
         context_dim: size of the context (0: free parameters).
         hidden_dims: hidden widths of the context network.
         seed: seed of the random permutation.
-        permutation: ``None`` (default: random, drawn from ``seed``), ``"identity"``, or ``P`` itself as a list of
-            ``0..D-1`` (row ``i`` of ``W`` is row ``permutation[i]`` of ``L U``).
+        permutation: ``None`` or ``"random"`` (default: drawn from ``seed``), ``"identity"``, or ``P`` itself as a
+            list of ``0..D-1`` (row ``i`` of ``W`` is row ``permutation[i]`` of ``L U``).
 
     Example:
         >>> t = LULinear(4)
@@ -135,18 +146,8 @@ class LULinear(FlowTransform):
     ) -> None:
         super().__init__(input_dim, context_dim)
         d = self.input_dim
-        if permutation is None:
-            gen = torch.Generator().manual_seed(int(seed))
-            # drawn on the CPU (a seeded CPU generator gives the same permutation on every machine)
-            perm = torch.randperm(d, generator=gen, device="cpu")
-        elif isinstance(permutation, str):
-            if permutation != "identity":
-                raise ValueError(f"LULinear's permutation must be None (random, from seed), 'identity' or a list of "
-                                 f"0..{d - 1}, got {permutation!r}")
-            perm = torch.arange(d)
-        else:
-            perm = _check_permutation(permutation, d)
-        perm = perm.to(torch.empty(0).device)  # placed on the default device like every other tensor built here
+        perm = _make_permutation(d, "random" if permutation is None else permutation, seed, ("random", "identity"),
+                                 "LULinear's permutation")
         self.register_buffer("perm", perm)
         self.register_buffer("inv_perm", torch.argsort(perm))
         init = {"shift": torch.zeros(d), "packed": torch.zeros(d, d), "raw_diag": torch.zeros(d)}
@@ -194,15 +195,8 @@ class Permutation(FlowTransform):
     ) -> None:
         super().__init__(input_dim, 0)
         d = self.input_dim
-        if permutation is not None:
-            perm = _check_permutation(permutation, d)
-        elif kind == "reverse":
-            perm = torch.arange(d - 1, -1, -1)
-        elif kind == "random":
-            gen = torch.Generator().manual_seed(int(seed))  # CPU generator: the same permutation on every machine
-            perm = torch.randperm(d, generator=gen, device="cpu").to(torch.empty(0).device)
-        else:
-            raise ValueError(f"unknown permutation kind {kind!r}: use 'reverse' or 'random', or pass permutation=")
+        perm = _make_permutation(d, kind if permutation is None else permutation, seed, ("reverse", "random"),
+                                 "Permutation's kind")
         self.register_buffer("perm", perm)
         self.register_buffer("inv_perm", torch.argsort(perm))
 
