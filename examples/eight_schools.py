@@ -28,9 +28,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display needed; must come before pyplot is imported
 
-import arviz as az  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from flowcommon import arviz_compat  # noqa: E402  (ArviZ 0.x or 1.x, whichever is installed)
 
 OUT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
 Y = [28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0]
@@ -81,7 +82,7 @@ def run_pyro(steps: int) -> dict:
     chains = results.pop("_chains")
     draws = {k: np.stack([c[k] for c in chains]) for k in ("mu", "tau", "eta")}
     draws["theta"] = draws["mu"][..., None] + draws["tau"][..., None] * draws["eta"]
-    results["NUTS"] = {"time": time.perf_counter() - start, "idata": az.from_dict(posterior=draws), "khat": None}
+    results["NUTS"] = {"time": time.perf_counter() - start, "idata": arviz_compat.from_draws(draws), "khat": None}
 
     for name, make in (("AutoNormal", AutoNormal), ("AutoFlowGuide", pyroflows.AutoFlowGuide)):
         pyro.clear_param_store()
@@ -130,7 +131,8 @@ def run_numpyro(steps: int) -> dict:
     mcmc = MCMC(NUTS(numpyro_model), num_warmup=1000, num_samples=DRAWS // 4, num_chains=4,
                 chain_method="sequential", progress_bar=False)
     mcmc.run(jax.random.key(SEED), sigma, y)
-    results["NUTS"] = {"time": time.perf_counter() - start, "idata": az.from_numpyro(mcmc), "khat": None}
+    results["NUTS"] = {"time": time.perf_counter() - start, "idata": arviz_compat.arviz().from_numpyro(mcmc),
+                       "khat": None}
 
     for name, make in (("AutoNormal", AutoNormal), ("AutoFlowGuide", numpyroflows.AutoFlowGuide)):
         guide = make(numpyro_model)
@@ -182,11 +184,8 @@ def figures(backend: str, results: dict) -> list[str]:
     os.makedirs(OUT_DIR, exist_ok=True)
     names = list(results)
     forest = os.path.join(OUT_DIR, f"eight_schools_forest_{backend}.png")
-    axes = az.plot_forest([results[n]["idata"] for n in names], model_names=names, var_names=["mu", "tau", "theta"],
-                          combined=True, hdi_prob=0.9, figsize=(7, 7))
-    axes[0].set_title(f"eight schools ({backend}): 90% intervals")
-    plt.savefig(forest, dpi=110, bbox_inches="tight")
-    plt.close("all")
+    arviz_compat.plot_forest({n: results[n]["idata"] for n in names}, forest, var_names=["mu", "tau", "theta"],
+                             ci_prob=0.9, title=f"eight schools ({backend}): 90% intervals")
 
     pair = os.path.join(OUT_DIR, f"eight_schools_pair_{backend}.png")
     fig, axs = plt.subplots(1, len(names), figsize=(4 * len(names), 3.6), sharex=True, sharey=True)

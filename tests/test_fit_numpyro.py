@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -298,9 +297,3 @@ def test_same_trajectory_as_pyroflows():
     for k in tparams:
         np.testing.assert_allclose(jparams[k], tparams[k], atol=1e-10, err_msg=k)
 
-
-def test_fit_common_is_the_same_file_in_both_packages():
-    """_fit_common.py (history, data checks, split, batch order) is shared: both packages ship the same file."""
-    here = Path(importlib.import_module("numpyroflows.infer._fit_common").__file__)
-    twin = Path(numpyroflows.__file__).resolve().parents[1] / "pyroflows" / "infer" / "_fit_common.py"
-    assert here.read_bytes() == twin.read_bytes(), "edit pyroflows/infer/_fit_common.py and copy it to numpyroflows"

@@ -6,7 +6,8 @@ hands its draws to ArviZ (``az.summary``, ``az.plot_posterior``, ``az.loo``). Bo
 density. ArviZ is needed: ``pip install 'pyroflows[arviz]'``.
 """
 
-from ._common import VIDiagnostics, psis, verdict_for
+from flowcommon.diagnostics import VIDiagnostics, psis, verdict_for
+
 from .arviz import to_inference_data, vi_diagnostics
 
 __all__ = ["VIDiagnostics", "psis", "to_inference_data", "verdict_for", "vi_diagnostics"]

@@ -22,7 +22,15 @@ import numpyro.distributions as dist
 from numpyro.handlers import replay, seed, substitute, trace
 from numpyro.primitives import Messenger
 
-from ._common import DrawRecord, Site, VIDiagnostics, build_inference_data, check_counts, resample_indices, site_dims
+from flowcommon.diagnostics import (
+    DrawRecord,
+    Site,
+    VIDiagnostics,
+    build_inference_data,
+    check_counts,
+    resample_indices,
+    site_dims,
+)
 
 
 class _Uncondition(Messenger):

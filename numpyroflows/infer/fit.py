@@ -22,10 +22,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from ..flows.core import Flow
-from ..functional.affine import affine_scale_inverse
-from ..transforms.linear import _BUFFERS, ActNorm, DiagonalAffine, initialize_flow
-from ._fit_common import (
+from flowcommon.fit import (
     _EVAL_BATCH,
     _INIT_ROWS,
     FitHistory,
@@ -35,6 +32,10 @@ from ._fit_common import (
     _prepare,
     _standardize_stats,
 )
+
+from ..flows.core import Flow
+from ..functional.affine import affine_scale_inverse
+from ..transforms.linear import _BUFFERS, ActNorm, DiagonalAffine, initialize_flow
 
 Array = jax.Array
 

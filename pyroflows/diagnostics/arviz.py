@@ -24,7 +24,15 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
-from ._common import DrawRecord, Site, VIDiagnostics, build_inference_data, check_counts, resample_indices, site_dims
+from flowcommon.diagnostics import (
+    DrawRecord,
+    Site,
+    VIDiagnostics,
+    build_inference_data,
+    check_counts,
+    resample_indices,
+    site_dims,
+)
 
 _DRAWS_PLATE = "_num_draws"
 _PROBE_DRAWS = 3  # draws of the vectorisation probe (not 1: a size-1 draws dim would hide a wrong broadcast)

@@ -16,11 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..flows.core import Flow, base_log_prob
-from ..functional.affine import affine_scale_inverse
-from ..transforms.base import chain_inverse
-from ..transforms.linear import ActNorm, DiagonalAffine
-from ._fit_common import (
+from flowcommon.fit import (
     _EVAL_BATCH,
     _INIT_ROWS,
     FitHistory,
@@ -30,6 +26,11 @@ from ._fit_common import (
     _prepare,
     _standardize_stats,
 )
+
+from ..flows.core import Flow, base_log_prob
+from ..functional.affine import affine_scale_inverse
+from ..transforms.base import chain_inverse
+from ..transforms.linear import ActNorm, DiagonalAffine
 
 Tensor = torch.Tensor
 

@@ -1,6 +1,6 @@
 """The backend-free half of :func:`fit`: its history record, the data checks, the validation split, the step budget,
 the batch order and the messages. NumPy only, so that pyroflows and numpyroflows check the same data in the same way
-and train on the same rows in the same order; the two packages ship this file byte for byte (a test checks it).
+and train on the same rows in the same order.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Backend-free core of the VI diagnostics: PSIS k̂, importance-weighted bounds, verdicts and ArviZ assembly.
 
-This file is byte-identical in ``pyroflows.diagnostics`` and ``numpyroflows.diagnostics`` (a test checks it); it needs
-numpy, and ArviZ/xarray only when PSIS runs or an ``InferenceData`` is built. The PPL-specific modules turn a guide and
-a model into a :class:`DrawRecord` of numpy arrays; everything after that lives here once.
+Shared by ``pyroflows.diagnostics`` and ``numpyroflows.diagnostics``; it needs numpy, and ArviZ/xarray only when PSIS
+runs or an ``InferenceData`` is built (through :mod:`flowcommon.arviz_compat`, which hides ArviZ 0.x / 1.x). The
+PPL-specific modules turn a guide and a model into a :class:`DrawRecord` of numpy arrays; everything after that lives
+here once.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
-import warnings
 from typing import Any
 
 import numpy as np
+
+from . import arviz_compat
 
 KHAT_GOOD = 0.5
 KHAT_USABLE = 0.7
@@ -29,16 +31,6 @@ VERDICT_UNRELIABLE = (
     "importance-weighted estimates; try a richer guide (e.g. a flow), more steps or particles, a start at the "
     "Laplace approximation (AutoFlowGuide(..., warm_start=\"laplace\")), or MCMC"
 )
-
-
-def _arviz():
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="ArviZ is undergoing", category=FutureWarning)
-            import arviz
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("the diagnostics need ArviZ: pip install 'pyroflows[arviz]' (or pip install arviz)") from err
-    return arviz
 
 
 def verdict_for(khat: float) -> str:
@@ -58,7 +50,7 @@ def _constant_tolerance(log_weights: np.ndarray) -> float:
 def psis(log_weights: Any) -> tuple[float, np.ndarray]:
     """Pareto-smoothed importance sampling of one vector of log weights: returns (k̂, normalised smoothed log weights).
 
-    Runs ``arviz.psislw`` (relative efficiency 1: guide draws are independent). Constant log weights (equal up to 64
+    Runs ArviZ's PSIS (relative efficiency 1: guide draws are independent). Constant log weights (equal up to 64
     ulp of their dtype) mean the guide is the posterior: there is no tail to fit (ArviZ would answer k̂ = inf), so
     k̂ = -inf is returned — the limit of a generalised Pareto whose support shrinks to a point — with uniform weights.
 
@@ -89,8 +81,8 @@ def psis(log_weights: Any) -> tuple[float, np.ndarray]:
                          "puts its mass outside the model's support; check the guide's constraints")
     if finite.all() and np.ptp(lw) <= _constant_tolerance(raw):
         return -math.inf, np.full(num, -math.log(num))
-    smoothed, khat = _arviz().psislw(lw, reff=1.0)
-    return float(khat), np.asarray(smoothed, dtype=np.float64)
+    smoothed, khat = arviz_compat.psislw(lw)
+    return khat, smoothed
 
 
 def _logsumexp(x: np.ndarray) -> float:
@@ -238,8 +230,9 @@ def _dataset(arrays: dict[str, np.ndarray], dims: dict[str, list[str]], lead: li
 def build_inference_data(record: DrawRecord, summary: VIDiagnostics, *, num_chains: int, posterior_predictive: bool,
                          log_likelihood: bool, library: str, library_version: str, package: str,
                          package_version: str):
-    """Assemble an ``arviz.InferenceData`` from a :class:`DrawRecord` (see ``to_inference_data`` for the groups)."""
-    az = _arviz()
+    """Assemble an ArviZ container from a :class:`DrawRecord` (see ``to_inference_data`` for the groups):
+    ``arviz.InferenceData`` under ArviZ 0.x, ``xarray.DataTree`` under 1.x."""
+    az = arviz_compat.arviz()
     num = record.log_p.shape[0]
     per_chain = num // num_chains
 
@@ -268,7 +261,7 @@ def build_inference_data(record: DrawRecord, summary: VIDiagnostics, *, num_chai
         if posterior_predictive and record.predictive is not None:
             groups["posterior_predictive"] = _dataset({k: chains(v) for k, v in record.predictive.items()}, dims,
                                                       lead, attrs)
-    return az.InferenceData(attrs=attrs, **groups)
+    return arviz_compat.inference_data(groups, attrs)
 
 
 def check_counts(num_samples: int, num_chains: int) -> None:
