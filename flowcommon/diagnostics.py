@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -31,15 +32,21 @@ VERDICT_UNRELIABLE = (
     "importance-weighted estimates; try a richer guide (e.g. a flow), more steps or particles, a start at the "
     "Laplace approximation (AutoFlowGuide(..., warm_start=\"laplace\")), or MCMC"
 )
+VERDICT_UNRELIABLE_FLOW = (
+    "unreliable: the flow guide misses posterior mass in the tails; do not trust its draws, its ELBO or "
+    "importance-weighted estimates; try more steps or particles, a start at the Laplace approximation "
+    "(warm_start=\"laplace\"), a more expressive flow (more layers, or flow=\"nsf\"), or MCMC"
+)
 
 
-def verdict_for(khat: float) -> str:
-    """Plain-words reading of a PSIS k̂ (Yao et al. 2018): < 0.5 good, < 0.7 usable after PSIS, else unreliable."""
+def verdict_for(khat: float, flow_guide: bool = False) -> str:
+    """Plain-words reading of a PSIS k̂ (Yao et al. 2018): < 0.5 good, < 0.7 usable after PSIS, else unreliable;
+    the advice for an unreliable guide does not suggest a flow to a ``flow_guide``."""
     if khat < KHAT_GOOD:
         return VERDICT_GOOD
     if khat < KHAT_USABLE:
         return VERDICT_USABLE
-    return VERDICT_UNRELIABLE  # also k̂ = nan or inf
+    return VERDICT_UNRELIABLE_FLOW if flow_guide else VERDICT_UNRELIABLE  # also k̂ = nan or inf
 
 
 def _constant_tolerance(log_weights: np.ndarray) -> float:
@@ -131,14 +138,16 @@ class VIDiagnostics:
     draws: dict[str, np.ndarray] | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
-    def from_log_weights(cls, log_weights: Any, draws: dict[str, np.ndarray] | None = None) -> VIDiagnostics:
-        """Summarise ``S`` log weights log p(θ_s, data) - log q(θ_s) (see :func:`psis` for what is accepted)."""
+    def from_log_weights(cls, log_weights: Any, draws: dict[str, np.ndarray] | None = None,
+                         flow_guide: bool = False) -> VIDiagnostics:
+        """Summarise ``S`` log weights log p(θ_s, data) - log q(θ_s) (see :func:`psis` for what is accepted);
+        ``flow_guide``: the weights come from a flow guide (see :func:`verdict_for`)."""
         lw = np.asarray(log_weights, dtype=np.float64).reshape(-1)
         khat, smoothed = psis(log_weights)
         ess = float(1.0 / np.sum(np.exp(2.0 * smoothed)))
         return cls(khat=khat, elbo=float(np.mean(lw)), iw_elbo=_logsumexp(lw) - math.log(lw.size), ess=ess,
-                   num_samples=int(lw.size), log_weights=lw, verdict=verdict_for(khat), smoothed_log_weights=smoothed,
-                   draws=draws)
+                   num_samples=int(lw.size), log_weights=lw, verdict=verdict_for(khat, flow_guide),
+                   smoothed_log_weights=smoothed, draws=draws)
 
     def as_attrs(self) -> dict[str, Any]:
         return {"psis_khat": self.khat, "elbo": self.elbo, "iw_elbo": self.iw_elbo, "ess": self.ess,
@@ -210,6 +219,12 @@ class DrawRecord:
     def log_weights(self) -> np.ndarray:
         return self.log_p - self.log_q
 
+    def take(self, idx: np.ndarray) -> DrawRecord:
+        """The record of draws ``idx`` (e.g. resampled indices), in that order."""
+        pick = lambda arrays: None if arrays is None else {k: v[idx] for k, v in arrays.items()}  # noqa: E731
+        return DrawRecord(self.log_p[idx], self.log_q[idx], self.sites, pick(self.values), self.observed,
+                          pick(self.log_lik), pick(self.predictive))
+
 
 def _dataset(arrays: dict[str, np.ndarray], dims: dict[str, list[str]], lead: list[str], attrs: dict[str, Any]):
     import xarray as xr
@@ -229,10 +244,20 @@ def _dataset(arrays: dict[str, np.ndarray], dims: dict[str, list[str]], lead: li
 
 def build_inference_data(record: DrawRecord, summary: VIDiagnostics, *, num_chains: int, posterior_predictive: bool,
                          log_likelihood: bool, library: str, library_version: str, package: str,
-                         package_version: str):
+                         package_version: str, resample_uniforms: np.ndarray | None = None):
     """Assemble an ArviZ container from a :class:`DrawRecord` (see ``to_inference_data`` for the groups):
-    ``arviz.InferenceData`` under ArviZ 0.x, ``xarray.DataTree`` under 1.x."""
+    ``arviz.InferenceData`` under ArviZ 0.x, ``xarray.DataTree`` under 1.x. With ``resample_uniforms`` (S uniforms
+    in [0, 1)) every group holds the draws resampled with the PSIS-smoothed weights (sampling-importance-resampling,
+    attrs ``draws="psis_resampled"``); otherwise the guide's own draws (``draws="guide"``)."""
     az = arviz_compat.arviz()
+    draws = "guide"
+    if resample_uniforms is not None:
+        if not summary.khat < KHAT_USABLE:
+            warnings.warn(f"PSIS k̂ = {summary.khat:.2f} >= {KHAT_USABLE}: resampling cannot repair this guide, the "
+                          "resampled draws still miss posterior mass; " + summary.verdict.split("; ", 2)[-1],
+                          stacklevel=3)
+        record = record.take(resample_indices(summary.smoothed_log_weights, resample_uniforms))
+        draws = "psis_resampled"
     num = record.log_p.shape[0]
     per_chain = num // num_chains
 
@@ -243,7 +268,7 @@ def build_inference_data(record: DrawRecord, summary: VIDiagnostics, *, num_chai
     attrs = {"created_at": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
              "arviz_version": az.__version__, "inference_library": library,
              "inference_library_version": library_version, f"{package}_version": package_version,
-             **summary.as_attrs()}
+             "draws": draws, **summary.as_attrs()}
     lead = ["chain", "draw"]
     dims = {name: site.dims for name, site in record.sites.items()}
     groups = {

@@ -23,6 +23,7 @@ import pytest
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
+import numpyroflows
 from flowcommon import arviz_compat
 from numpyroflows.diagnostics import VIDiagnostics, psis, to_inference_data, verdict_for, vi_diagnostics
 
@@ -162,6 +163,53 @@ def test_resampling_a_mean_field_guide_recovers_the_correlation():
     assert abs(corr) > 0.3
     assert np.corrcoef(draws.T)[0, 1] == pytest.approx(corr, abs=0.08)
     assert draws.mean(0) == pytest.approx(p["mean_np"], abs=0.1)
+
+
+def test_psis_resampled_inference_data_recovers_the_correlation():
+    """to_inference_data(psis=True): every group holds the PSIS-resampled draws (az.loo then sees posterior draws)."""
+    with jax.enable_x64(True):
+        p = _problem(jnp.float64)
+        model = _model(p)
+        sd = np.sqrt(np.diag(p["cov_np"]))
+        corr = p["cov_np"][0, 1] / (sd[0] * sd[1])
+        params = {"z_auto_loc": p["mean"], "z_auto_scale": jnp.asarray(1.5 * sd)}
+        kw = dict(params=params, rng_key=jax.random.PRNGKey(3), num_samples=4000, num_chains=2)
+        raw = to_inference_data(AutoNormal(model), model, p["data"], **kw)
+        data = to_inference_data(AutoNormal(model), model, p["data"], psis=True, **kw)
+    assert raw.attrs["draws"] == "guide" and data.attrs["draws"] == "psis_resampled"
+    z = data.posterior["z"].values.reshape(-1, 2)
+    assert abs(np.corrcoef(raw.posterior["z"].values.reshape(-1, 2).T)[0, 1]) < 0.1  # mean field: uncorrelated
+    assert np.corrcoef(z.T)[0, 1] == pytest.approx(corr, abs=0.08)
+    # the groups stay aligned: each resampled draw keeps its own log-likelihood and log weight
+    ll = data.log_likelihood["x"].values.reshape(4000, -1)
+    data_np, sigma_np = np.asarray(p["data"]), np.asarray(p["sigma"])
+    expected = [[_mvn_logpdf(row, zi, sigma_np) for row in data_np] for zi in z[:20]]
+    np.testing.assert_allclose(ll[:20], expected, atol=1e-8)
+    stats = data.sample_stats
+    np.testing.assert_allclose(stats["log_weight"].values, stats["log_p"].values - stats["log_q"].values)
+
+
+def test_psis_resampling_a_bad_guide_warns():
+    with jax.enable_x64(True):
+        p = _problem(jnp.float64)
+        model = _model(p)
+        params = {"z_auto_loc": p["mean"], "z_auto_scale": jnp.full(2, 0.05)}
+        with pytest.warns(UserWarning, match="resampling cannot repair"):
+            to_inference_data(AutoNormal(model), model, p["data"], params=params, num_samples=2000, psis=True)
+
+
+def test_an_unreliable_flow_guide_is_not_told_to_use_a_flow():
+    assert "richer guide (e.g. a flow)" in verdict_for(0.9)
+    advice = verdict_for(0.9, flow_guide=True)
+    assert advice.startswith("unreliable:") and "a flow" not in advice and "warm_start" in advice
+    with jax.enable_x64(True):
+        p = _problem(jnp.float64)
+        model = _model(p)
+        guide = numpyroflows.AutoFlowGuide(model)
+        svi = SVI(model, guide, optax.adam(1e-3), Trace_ELBO())
+        state = svi.init(jax.random.PRNGKey(0), p["data"])  # barely trained: far from the posterior
+        diag = vi_diagnostics(guide, model, p["data"], params=svi.get_params(state), num_samples=2000)
+    assert diag.khat > 0.7 and diag.verdict == verdict_for(diag.khat, flow_guide=True)
 
 
 def test_loop_fallback_for_a_model_that_cannot_vectorise():

@@ -19,6 +19,7 @@ import torch
 from pyro.infer.autoguide import AutoDelta, AutoMultivariateNormal, AutoNormal
 from pyro.nn import PyroParam
 
+import pyroflows
 from flowcommon import arviz_compat
 from pyroflows.diagnostics import VIDiagnostics, psis, to_inference_data, verdict_for, vi_diagnostics
 
@@ -148,6 +149,54 @@ def test_resampling_a_mean_field_guide_recovers_the_correlation():
     assert abs(corr) > 0.3
     assert np.corrcoef(draws.T)[0, 1] == pytest.approx(corr, abs=0.08)
     assert draws.mean(0) == pytest.approx(p["mean"].numpy(), abs=0.1)
+
+
+def _wide_mean_field_guide(model, p) -> AutoNormal:
+    guide = AutoNormal(model, init_loc_fn=lambda site: p["mean"], init_scale=1.0)
+    guide(p["data"])
+    guide.scales.z = 1.5 * p["cov"].diagonal().sqrt()  # wider than the posterior: bounded weights, k̂ < 0.5
+    return guide
+
+
+def test_psis_resampled_inference_data_recovers_the_correlation():
+    """to_inference_data(psis=True): every group holds the PSIS-resampled draws (az.loo then sees posterior draws)."""
+    p = _problem(torch.float64)
+    model = _model(p)
+    sd = p["cov"].diagonal().sqrt()
+    corr = (p["cov"][0, 1] / (sd[0] * sd[1])).item()
+    guide = _wide_mean_field_guide(model, p)
+    raw = to_inference_data(guide, model, p["data"], num_samples=4000, num_chains=2)
+    data = to_inference_data(guide, model, p["data"], num_samples=4000, num_chains=2, psis=True)
+    assert raw.attrs["draws"] == "guide" and data.attrs["draws"] == "psis_resampled"
+    z = data.posterior["z"].values.reshape(-1, 2)
+    assert abs(np.corrcoef(raw.posterior["z"].values.reshape(-1, 2).T)[0, 1]) < 0.1  # mean field: uncorrelated
+    assert np.corrcoef(z.T)[0, 1] == pytest.approx(corr, abs=0.08)
+    # the groups stay aligned: each resampled draw keeps its own log-likelihood and log weight
+    ll = data.log_likelihood["x"].values.reshape(4000, -1)
+    expected = dist.MultivariateNormal(torch.as_tensor(z[:20, None]), p["sigma"]).log_prob(p["data"])
+    np.testing.assert_allclose(ll[:20], expected.numpy(), atol=1e-8)
+    stats = data.sample_stats
+    np.testing.assert_allclose(stats["log_weight"].values, stats["log_p"].values - stats["log_q"].values)
+
+
+def test_psis_resampling_a_bad_guide_warns():
+    p = _problem(torch.float64)
+    model = _model(p)
+    guide = AutoNormal(model, init_loc_fn=lambda site: p["mean"], init_scale=0.05)
+    with pytest.warns(UserWarning, match="resampling cannot repair"):
+        to_inference_data(guide, model, p["data"], num_samples=2000, psis=True)
+
+
+def test_an_unreliable_flow_guide_is_not_told_to_use_a_flow():
+    assert "richer guide (e.g. a flow)" in verdict_for(0.9)
+    advice = verdict_for(0.9, flow_guide=True)
+    assert advice.startswith("unreliable:") and "a flow" not in advice and "warm_start" in advice
+    p = _problem(torch.float64)
+    model = _model(p)
+    guide = pyroflows.AutoFlowGuide(model)
+    guide(p["data"])  # untrained: far from the posterior
+    diag = vi_diagnostics(guide, model, p["data"], num_samples=2000)
+    assert diag.khat > 0.7 and diag.verdict == verdict_for(diag.khat, flow_guide=True)
 
 
 def test_loop_fallback_for_a_model_that_cannot_vectorise():

@@ -10,6 +10,7 @@ model that cannot be vmapped is evaluated one draw at a time, with a warning.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -211,6 +212,19 @@ def _evaluate(guide, model, args, kwargs, params, rng_key, num: int, predictive:
     return record, key_rest
 
 
+def _uniforms(key: Any, num: int) -> np.ndarray:
+    return np.asarray(jax.random.uniform(key, (num,)), dtype=np.float64)
+
+
+def _is_flow_guide(guide: Any) -> bool:
+    """Whether the guide is already a normalizing flow (ours, or NumPyro's IAF / BNAF autoguides)."""
+    from numpyro.infer.autoguide import AutoBNAFNormal, AutoIAFNormal
+
+    from ..infer.autoguide import AutoFlowGuide
+
+    return isinstance(guide, (AutoFlowGuide, AutoIAFNormal, AutoBNAFNormal))
+
+
 # ------------------------------------------------------------------------------------------------ public API
 
 
@@ -247,19 +261,20 @@ def vi_diagnostics(guide: Callable, model: Callable, *args: Any, params: dict, r
     """
     check_counts(num_samples, 1)
     record, key_rest = _evaluate(guide, model, args, kwargs, params, rng_key, num_samples, predictive=False)
-    summary = VIDiagnostics.from_log_weights(record.log_weights)
+    summary = VIDiagnostics.from_log_weights(record.log_weights, flow_guide=_is_flow_guide(guide))
     if not resample:
         return summary
-    uniforms = np.asarray(jax.random.uniform(key_rest, (num_samples,)), dtype=np.float64)
-    idx = resample_indices(summary.smoothed_log_weights, uniforms)
+    idx = resample_indices(summary.smoothed_log_weights, _uniforms(key_rest, num_samples))
     draws = {name: value[idx] for name, value in record.values.items()}
-    return VIDiagnostics.from_log_weights(record.log_weights, draws=draws)
+    return dataclasses.replace(summary, draws=draws)
 
 
 def to_inference_data(guide: Callable, model: Callable, *args: Any, params: dict, rng_key: Any = None,
                       num_samples: int = 1000, num_chains: int = 1, posterior_predictive: bool = False,
-                      log_likelihood: bool = True, **kwargs: Any):
-    """An ``arviz.InferenceData`` of S guide draws, with PSIS k̂, ELBO and IW-ELBO in its attrs.
+                      log_likelihood: bool = True, psis: bool = False, **kwargs: Any):
+    """An ArviZ container of S guide draws, with PSIS k̂, ELBO and IW-ELBO in its attrs: an ``arviz.InferenceData``
+    under ArviZ 0.x, an ``xarray.DataTree`` under ArviZ 1.x (each accepted by that version's ``summary``, ``loo`` and
+    plots).
 
     Draws θ_s ~ q from the guide and replays the model on them (see :func:`vi_diagnostics` for the weights
     log w_s = log p(θ_s, data) - log q(θ_s)). Groups: ``posterior`` (every latent site in its constrained space and
@@ -268,7 +283,13 @@ def to_inference_data(guide: Callable, model: Callable, *args: Any, params: dict
     ``log_likelihood`` (pointwise per observed site, so ``az.loo`` works) and, if asked, ``posterior_predictive``
     (every observed site redrawn jointly from the model at each draw). An axis lying in a ``numpyro.plate`` is named
     after the plate (coords 0..n-1); other axes ``<site>_dim_<k>``. Attrs: ``psis_khat``, ``elbo``, ``iw_elbo``,
-    ``ess``, ``verdict``, ``inference_library`` (+ ``_version``), ``numpyroflows_version``, ``created_at``.
+    ``ess``, ``verdict``, ``draws`` (``"guide"`` or ``"psis_resampled"``), ``inference_library`` (+ ``_version``),
+    ``numpyroflows_version``, ``created_at``.
+
+    The draws come from the guide q, not the posterior: ``az.loo`` treats them as posterior draws. Pass ``psis=True``
+    to resample them with the PSIS-smoothed weights first (sampling-importance-resampling; sound when k̂ < 0.7), or,
+    under ArviZ 1.x, call ``az.loo_approximate_posterior(data, data.sample_stats["log_p"],
+    data.sample_stats["log_q"])``, which corrects PSIS-LOO for the guide (Magnusson et al. 2019).
 
     Args:
         guide: the guide, called as ``guide(*args, **kwargs)``.
@@ -280,6 +301,8 @@ def to_inference_data(guide: Callable, model: Callable, *args: Any, params: dict
         num_chains: how many chains to split the independent draws into.
         posterior_predictive: add a ``posterior_predictive`` group.
         log_likelihood: add the ``log_likelihood`` group.
+        psis: resample every group's draws with the PSIS-smoothed weights (warns when k̂ >= 0.7, where resampling
+            cannot repair the guide).
         **kwargs: the model's keyword arguments.
 
     Example:
@@ -289,11 +312,13 @@ def to_inference_data(guide: Callable, model: Callable, *args: Any, params: dict
     Paper: Yao, Vehtari, Simpson, Gelman (2018), "Yes, but did it work?: Evaluating variational inference", ICML.
     """
     check_counts(num_samples, num_chains)
-    record, _ = _evaluate(guide, model, args, kwargs, params, rng_key, num_samples, predictive=posterior_predictive)
-    summary = VIDiagnostics.from_log_weights(record.log_weights)
+    record, key_rest = _evaluate(guide, model, args, kwargs, params, rng_key, num_samples,
+                                 predictive=posterior_predictive)
+    summary = VIDiagnostics.from_log_weights(record.log_weights, flow_guide=_is_flow_guide(guide))
+    uniforms = _uniforms(key_rest, num_samples) if psis else None
     import numpyroflows
 
     return build_inference_data(record, summary, num_chains=num_chains, posterior_predictive=posterior_predictive,
                                 log_likelihood=log_likelihood, library="numpyro",
                                 library_version=numpyro.__version__, package="numpyroflows",
-                                package_version=numpyroflows.__version__)
+                                package_version=numpyroflows.__version__, resample_uniforms=uniforms)

@@ -11,6 +11,7 @@ vectorised is evaluated one draw at a time, with a warning.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable
@@ -259,6 +260,19 @@ def _evaluate(guide, model, args, kwargs, num: int, predictive: bool) -> DrawRec
             return _evaluate_loop(guide, model, args, kwargs, num, sites, predictive)
 
 
+def _uniforms(num: int) -> np.ndarray:
+    return _numpy(torch.rand(num, dtype=torch.float64))
+
+
+def _is_flow_guide(guide: Any) -> bool:
+    """Whether the guide is already a normalizing flow (ours, or Pyro's AutoNormalizingFlow family)."""
+    from pyro.infer.autoguide import AutoNormalizingFlow
+
+    from ..infer.autoguide import AutoFlowGuide
+
+    return isinstance(guide, (AutoFlowGuide, AutoNormalizingFlow))
+
+
 # ------------------------------------------------------------------------------------------------ public API
 
 
@@ -293,18 +307,20 @@ def vi_diagnostics(guide: Callable, model: Callable, *args: Any, num_samples: in
     """
     check_counts(num_samples, 1)
     record = _evaluate(guide, model, args, kwargs, num_samples, predictive=False)
-    summary = VIDiagnostics.from_log_weights(record.log_weights)
+    summary = VIDiagnostics.from_log_weights(record.log_weights, flow_guide=_is_flow_guide(guide))
     if not resample:
         return summary
-    uniforms = _numpy(torch.rand(num_samples, dtype=torch.float64))
-    idx = resample_indices(summary.smoothed_log_weights, uniforms)
+    idx = resample_indices(summary.smoothed_log_weights, _uniforms(num_samples))
     draws = {name: value[idx] for name, value in record.values.items()}
-    return VIDiagnostics.from_log_weights(record.log_weights, draws=draws)
+    return dataclasses.replace(summary, draws=draws)
 
 
 def to_inference_data(guide: Callable, model: Callable, *args: Any, num_samples: int = 1000, num_chains: int = 1,
-                      posterior_predictive: bool = False, log_likelihood: bool = True, **kwargs: Any):
-    """An ``arviz.InferenceData`` of S guide draws, with PSIS k̂, ELBO and IW-ELBO in its attrs.
+                      posterior_predictive: bool = False, log_likelihood: bool = True, psis: bool = False,
+                      **kwargs: Any):
+    """An ArviZ container of S guide draws, with PSIS k̂, ELBO and IW-ELBO in its attrs: an ``arviz.InferenceData``
+    under ArviZ 0.x, an ``xarray.DataTree`` under ArviZ 1.x (each accepted by that version's ``summary``, ``loo`` and
+    plots).
 
     Draws θ_s ~ q from the guide and replays the model on them (see :func:`vi_diagnostics` for the weights
     log w_s = log p(θ_s, data) - log q(θ_s)). Groups: ``posterior`` (every latent site in its constrained space and
@@ -313,7 +329,13 @@ def to_inference_data(guide: Callable, model: Callable, *args: Any, num_samples:
     ``log_likelihood`` (pointwise per observed site, so ``az.loo`` works) and, if asked, ``posterior_predictive``
     (every observed site redrawn jointly from the model at each draw). An axis lying in a ``pyro.plate`` is named
     after the plate (coords 0..n-1); other axes ``<site>_dim_<k>``. Attrs: ``psis_khat``, ``elbo``, ``iw_elbo``,
-    ``ess``, ``verdict``, ``inference_library`` (+ ``_version``), ``pyroflows_version``, ``created_at``.
+    ``ess``, ``verdict``, ``draws`` (``"guide"`` or ``"psis_resampled"``), ``inference_library`` (+ ``_version``),
+    ``pyroflows_version``, ``created_at``.
+
+    The draws come from the guide q, not the posterior: ``az.loo`` treats them as posterior draws. Pass ``psis=True``
+    to resample them with the PSIS-smoothed weights first (sampling-importance-resampling; sound when k̂ < 0.7), or,
+    under ArviZ 1.x, call ``az.loo_approximate_posterior(data, data.sample_stats["log_p"],
+    data.sample_stats["log_q"])``, which corrects PSIS-LOO for the guide (Magnusson et al. 2019).
 
     Args:
         guide: the guide, called as ``guide(*args, **kwargs)`` with its current parameters.
@@ -323,6 +345,8 @@ def to_inference_data(guide: Callable, model: Callable, *args: Any, num_samples:
         num_chains: how many chains to split the independent draws into (ArviZ's R-hat then compares them).
         posterior_predictive: add a ``posterior_predictive`` group.
         log_likelihood: add the ``log_likelihood`` group.
+        psis: resample every group's draws with the PSIS-smoothed weights (warns when k̂ >= 0.7, where resampling
+            cannot repair the guide).
         **kwargs: the model's keyword arguments.
 
     Example:
@@ -333,9 +357,11 @@ def to_inference_data(guide: Callable, model: Callable, *args: Any, num_samples:
     """
     check_counts(num_samples, num_chains)
     record = _evaluate(guide, model, args, kwargs, num_samples, predictive=posterior_predictive)
-    summary = VIDiagnostics.from_log_weights(record.log_weights)
+    summary = VIDiagnostics.from_log_weights(record.log_weights, flow_guide=_is_flow_guide(guide))
+    uniforms = _uniforms(num_samples) if psis else None
     import pyroflows
 
     return build_inference_data(record, summary, num_chains=num_chains, posterior_predictive=posterior_predictive,
                                 log_likelihood=log_likelihood, library="pyro", library_version=pyro.__version__,
-                                package="pyroflows", package_version=pyroflows.__version__)
+                                package="pyroflows", package_version=pyroflows.__version__,
+                                resample_uniforms=uniforms)
