@@ -1,12 +1,17 @@
 """The backend-free half of :func:`fit`: its history record, the data checks, the validation split, the step budget,
-the batch order and the messages. NumPy only, so that pyroflows and numpyroflows check the same data in the same way
-and train on the same rows in the same order.
+the batch order, the standardisation, the training loop's control (evaluations, the best parameters, patience, the
+callback, the progress bar) and the messages. NumPy only, so that pyroflows and numpyroflows check the same data in the
+same way, train on the same rows in the same order and stop for the same reasons; each package supplies the steps.
 """
 
 from __future__ import annotations
 
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -28,7 +33,8 @@ class FitHistory:
         best_step: the step whose parameters the returned flow holds.
         best_val_loss: its validation loss (``None`` without validation).
         stopped: ``"max_steps"`` (the step budget, from ``max_steps`` or ``epochs``, was used up),
-            ``"early_stopping"``, ``"nan"`` (non-finite loss or gradient) or ``"interrupted"`` (KeyboardInterrupt).
+            ``"early_stopping"``, ``"callback"`` (the callback returned True), ``"nan"`` (non-finite loss or
+            gradient) or ``"interrupted"`` (KeyboardInterrupt).
         message: a sentence saying what happened and which parameters were kept.
         bits_per_dim: with ``dequantize=True``, ``best_val_loss / (D ln 2)`` (the training NLL of the returned flow on a
             fixed noise draw when there is no validation set); ``None`` otherwise.
@@ -151,6 +157,12 @@ def _prepare(flow: Any, data: Any, context: Any, validation_fraction: float, val
             if n_val else ""
         raise ValueError(f"data has {n} rows, too few to fit: fit needs at least 2 training rows{what}; pass more rows"
                          + (", or validation_fraction=0 to train on all of them" if n_val else ""))
+    if not dequantize and (not np.issubdtype(x.dtype, np.floating) or bool(np.all(x == np.round(x)))):
+        warnings.warn("fit: data holds only integer values (counts, pixels, ratings): a continuous density fitted to "
+                      "them piles up on the integers, and its likelihood can exceed any discrete one, so its NLL "
+                      "means nothing. Pass dequantize=True (fits x + u, u ~ U[0, 1), whose likelihood lower-bounds "
+                      "the discrete one), or add noise yourself if the values are rounded measurements",
+                      UserWarning, stacklevel=3)
     if n_val:
         perm = rng.permutation(n)
         tr, va = perm[: n - n_val], perm[n - n_val:]
@@ -207,18 +219,206 @@ class _Batches:
         return out
 
 
-def _standardize_stats(x: np.ndarray, dequantize: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and sd per column of the training data (of ``x + u``, ``u ~ U[0,1)``, with dequantization: mean + 1/2,
-    variance + 1/12); columns with zero spread get sd 1."""
-    x = x.astype(np.float64)
+@dataclass
+class _Standardization:
+    """The map ``x = mean + sd ⊙ y`` between data ``x`` and the standardised ``y`` that the flow is trained on (float64,
+    one ``mean`` and ``sd`` per column), with ``log|det| = Σ log sd``: ``log p(x) = log p_y(y) - Σ log sd``."""
+
+    mean: np.ndarray
+    sd: np.ndarray
+
+    @property
+    def log_det(self) -> float:
+        """``Σ log sd``: what a negative log-likelihood in data space adds to the one in standardised space."""
+        return float(np.sum(np.log(self.sd)))
+
+    def apply(self, x: np.ndarray | None) -> np.ndarray | None:
+        """``y = (x - mean) / sd``, computed in float64."""
+        return None if x is None else (np.asarray(x, np.float64) - self.mean) / self.sd
+
+    def compose(self, shift: np.ndarray, scale: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
+        """The data-space affine ``x = loc + s ⊙ u`` equal to the standardisation after a trained affine
+        ``y = shift + scale ⊙ u``: ``loc = mean + sd ⊙ shift``, ``s = sd ⊙ scale`` (float64); a scale that training
+        pushed to the affine's ``floor`` or below is raised just above it, with a warning."""
+        loc = self.mean + self.sd * np.asarray(shift, np.float64)
+        s = self.sd * np.asarray(scale, np.float64)
+        low = s <= floor
+        if low.any():
+            warnings.warn(f"fit: the data-space scale of column(s) {np.flatnonzero(low).tolist()} fell to the floor "
+                          f"{floor:g} of the DiagonalAffine that holds the standardisation and was raised above it: "
+                          "the returned flow differs slightly from the trained one; rescale those columns (multiply "
+                          "them by 1000) and fit again", RuntimeWarning, stacklevel=5)
+            s = np.where(low, floor * (1 + 1e-6), s)
+        return loc, s
+
+
+def _standardize_stats(x: np.ndarray, dequantize: bool, eps: float, floor: float) -> _Standardization:
+    """The standardisation of the training rows ``x``: mean and sd per column in float64 (of ``x + u``,
+    ``u ~ U[0,1)``, with dequantization: mean + 1/2, variance + 1/12).
+
+    Refuses, naming the fix, what the data-space affine that holds it cannot represent: a constant column (no
+    density), a column whose sd is at or below the affine's scale ``floor``, and a column whose offset is so large
+    against its sd that the flow's dtype (machine epsilon ``eps``) resolves it only to more than 1% of an sd.
+    """
+    x = np.asarray(x, np.float64)
     mean, var = x.mean(0), x.var(0)
     if dequantize:
         mean, var = mean + 0.5, var + 1.0 / 12.0
     sd = np.sqrt(var)
-    return mean, np.where(sd > 0, sd, 1.0)
+    for j in range(x.shape[1]):
+        if sd[j] == 0:
+            raise ValueError(f"standardize=True: column {j} of data is constant (every training row holds "
+                             f"{x[0, j]:g}), so it has no density to fit: drop the column")
+        if sd[j] <= floor:
+            raise ValueError(f"standardize=True: column {j} of data has sd {sd[j]:.3g}, at or below the floor "
+                             f"{floor:g} of the DiagonalAffine scale that would hold it: rescale the column (multiply "
+                             f"it by {10.0 ** round(-math.log10(sd[j])):g}; log-densities shift by the log of the "
+                             "factor) and fit again")
+        if eps * abs(mean[j]) > 1e-2 * sd[j]:
+            raise ValueError(f"standardize=True: column {j} of data has mean {mean[j]:.6g} and sd {sd[j]:.3g}: the "
+                             f"flow's floating type (machine epsilon {eps:.3g}) resolves values there only to "
+                             f"{eps * abs(mean[j]) / sd[j]:.2g} sd, so the returned flow could not hold its "
+                             "standardisation. Fit a float64 flow (flow.double() in pyroflows; a flow built with "
+                             "jax_enable_x64 in numpyroflows), or subtract the offset from the column first")
+    return _Standardization(mean, sd)
 
 
-def _outcome(stopped: str, step: int, best_step: int, best: float | None, patience: int | None, lr: float) -> str:
+def _check_settings(lr: float, weight_decay: float, patience: int | None, custom_optimizer: bool,
+                    callback: Any) -> None:
+    """The checks of fit's settings that do not depend on the backend."""
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    if patience is not None and int(patience) < 1:
+        raise ValueError(f"patience must be a positive number of evaluations or None, got {patience}")
+    if custom_optimizer and (lr != 1e-3 or weight_decay != 0.0):
+        raise ValueError("lr= and weight_decay= configure fit's default Adam; with optimizer= set the learning rate "
+                         "and weight decay in the optimizer you pass")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be a function (step, loss, flow) -> bool | None, got {type(callback).__name__}")
+
+
+# ===================================================================================================== the loop
+class _Trainer(Protocol):
+    """What a backend supplies to :class:`_Loop`."""
+
+    def train(self, idx: np.ndarray, record: Callable[[Sequence[float], int], None]) -> int | None:
+        """Run one step per row of ``idx`` (row indices of a batch), reporting the losses to ``record``
+        (:meth:`_Loop.record`); on a non-finite loss or gradient stop there, without applying that step, and return
+        the step whose parameters are now held (see :class:`FitHistory`); ``None`` when every step ran."""
+
+    def evaluate(self) -> float:
+        """The validation NLL of the current parameters (in the trained, standardised space)."""
+
+    def keep(self) -> None:
+        """Remember the current parameters as the ones to return."""
+
+    def flow(self) -> Any:
+        """The flow as fit would return it now (for the callback)."""
+
+
+class _Loop:
+    """The backend-free control of one fit: the step counter, the losses (into the history, in data space: ``offset``
+    is the standardisation's ``Σ log sd``), the best evaluation and patience, the callback, the progress bar and why
+    the run stopped. :meth:`run` drives a backend's :class:`_Trainer` in chunks of ``every`` steps, each followed by
+    an evaluation (with validation data) and the callback."""
+
+    def __init__(self, total: int, every: int, patience: int | None, has_val: bool, progress: bool,
+                 callback: Callable[[int, float, Any], bool | None] | None, offset: float = 0.0) -> None:
+        from tqdm.auto import tqdm
+
+        self.total, self.every, self.has_val, self.callback, self.offset = total, every, has_val, callback, offset
+        self.patience = None if patience is None else int(patience)
+        self.history = FitHistory()
+        self.step, self.best, self.best_step, self.bad_evals, self.ema, self.stopped = 0, math.inf, 0, 0, None, ""
+        self.bar = tqdm(total=total, disable=not progress, desc="fit", unit="step", leave=True)
+
+    def record(self, losses: Sequence[float], applied: int) -> None:
+        """The training losses of consecutive steps, of which the first ``applied`` were applied (a last one that
+        was not is the non-finite value that stops the run)."""
+        values = [float(v) + self.offset for v in losses]
+        self.history.train_loss.extend(values)
+        for v in values[:applied]:
+            self.ema = v if self.ema is None else 0.98 * self.ema + 0.02 * v
+        before, self.step = self.step, self.step + applied
+        self.bar.update(applied)
+        if self.step // 25 > before // 25:
+            self._show()
+
+    def run(self, trainer: _Trainer, stream: _Batches) -> None:
+        """Evaluate at step 0, then train chunk by chunk until the budget, patience, the callback, a non-finite value
+        or a KeyboardInterrupt stops it; the trainer then holds (via :meth:`_Trainer.keep`) the parameters to return."""
+        start = time.perf_counter()
+        try:
+            if self.has_val:
+                self._evaluate(trainer)
+            while not self.stopped and self.step < self.total:
+                first = len(self.history.train_loss)
+                held = trainer.train(stream.next(min(self.every, self.total - self.step)), self.record)
+                if held is not None:
+                    self.stopped = "nan"
+                    self._keep_last(trainer, held)
+                    break
+                if self.has_val:
+                    self._evaluate(trainer)
+                self._ask(trainer, first)
+            if not self.stopped:
+                self.stopped = "max_steps"
+                self._keep_last(trainer, self.step)
+        except KeyboardInterrupt:
+            self.stopped = "interrupted"
+            self._keep_last(trainer, self.step)
+        finally:
+            self.bar.close()
+            self.history.seconds = time.perf_counter() - start
+            self.history.num_steps = self.step
+
+    def _evaluate(self, trainer: _Trainer) -> None:
+        value = trainer.evaluate() + self.offset
+        self.history.val_loss.append((self.step, value))
+        if not math.isfinite(value):
+            self.stopped = "nan"
+            return
+        if value < self.best:
+            self.best, self.best_step, self.bad_evals = value, self.step, 0
+            trainer.keep()
+        else:
+            self.bad_evals += 1
+        self._show()
+        if self.patience is not None and self.bad_evals >= self.patience:
+            self.stopped = "early_stopping"
+
+    def _ask(self, trainer: _Trainer, first: int) -> None:
+        """Call the callback after a chunk (not after a non-finite evaluation) with the validation NLL, or without
+        validation the mean training loss of the chunk; True stops the run."""
+        if self.callback is None or self.stopped == "nan":
+            return
+        loss = self.history.val_loss[-1][1] if self.has_val else float(np.mean(self.history.train_loss[first:]))
+        if self.callback(self.step, loss, trainer.flow()) and not self.stopped:
+            self.stopped = "callback"
+
+    def _keep_last(self, trainer: _Trainer, step: int) -> None:
+        """Without validation the parameters to return are the trainer's current ones, after ``step`` updates."""
+        if not self.has_val:
+            self.best_step = step
+            trainer.keep()
+
+    def _show(self) -> None:
+        post = {"loss": "-" if self.ema is None else f"{self.ema:.4g}"}
+        if self.has_val:
+            post["val"] = f"{self.history.val_loss[-1][1]:.4g}" if self.history.val_loss else "-"
+        self.bar.set_postfix(post, refresh=False)
+
+    def finish(self, lr: float | None) -> FitHistory:
+        """The history, completed with the kept step, its validation loss, the reason and the message."""
+        h = self.history
+        h.best_step, h.stopped = self.best_step, self.stopped
+        h.best_val_loss = self.best if self.has_val and math.isfinite(self.best) else None
+        h.message = _outcome(self.stopped, self.step, self.best_step, h.best_val_loss, self.patience, lr)
+        return h
+
+
+def _outcome(stopped: str, step: int, best_step: int, best: float | None, patience: int | None,
+             lr: float | None) -> str:
     kept = (f"kept the parameters of step {best_step}" +
             (f" (validation NLL {best:.6g})" if best is not None else ""))
     if stopped == "max_steps":
@@ -229,5 +429,8 @@ def _outcome(stopped: str, step: int, best_step: int, best: float | None, patien
                 f"{kept}")
     if stopped == "interrupted":
         return f"interrupted at step {step}; {kept}"
-    return (f"the loss or its gradient was not finite at step {step}: training stopped and {kept}. Lower the learning "
-            f"rate (lr={lr:g}), pass standardize=True for data far from unit scale, or check the data")
+    if stopped == "callback":
+        return f"stopped by the callback at step {step}; {kept}"
+    rate = f"the learning rate (lr={lr:g})" if lr is not None else "the optimizer's learning rate"
+    return (f"the loss or its gradient was not finite at step {step}: training stopped and {kept}. Lower {rate}, "
+            "pass standardize=True for data far from unit scale, or check the data")

@@ -16,7 +16,8 @@ from ._checks import set_validation
 from .diagnostics import to_inference_data, vi_diagnostics
 from .flows import Flow, FlowDistribution
 from .infer import AutoFlowGuide, FitHistory, FlowEncoder, fit
-from .io import export_params, import_params, load, module, save
+from .infer.module import module
+from .io import export_params, import_params, load, save
 
 __version__ = "0.1.0"
 

@@ -18,7 +18,9 @@ def set_validation(enabled: bool) -> None:
 
 
 def validation_enabled() -> bool:
-    return _VALIDATE and not torch.jit.is_tracing()
+    """Whether the value checks run: on, and not inside a trace (``torch.jit.trace``, ``torch.compile``,
+    ``torch.export``), where a data-dependent ``bool()`` would break the graph. Shape checks always run."""
+    return _VALIDATE and not (torch.jit.is_tracing() or torch.compiler.is_compiling())
 
 
 def check_input(x: torch.Tensor, input_dim: int, name: str = "input", where: str = "") -> None:

@@ -1,8 +1,10 @@
 """Saving and loading flows without unpickling code, and exporting parameters as NumPy arrays.
 
 A saved flow is one file written with ``torch.save`` holding only plain data: the flow's configuration as a JSON
-string and its ``state_dict`` (tensors). :func:`load` reads it back with ``torch.load(weights_only=True)``, rebuilds
-the flow from the configuration and loads the tensors, so the loaded flow gives identical outputs.
+string and its ``state_dict`` (tensors). :func:`load` reads it back with ``torch.load(weights_only=True)``, checks it
+before building anything (:mod:`flowcommon.config`: the configuration's sizes against the stored tensors, then every
+tensor's name, shape and dtype kind against the flow the configuration builds), rebuilds the flow and loads the
+tensors, so the loaded flow gives identical outputs. :mod:`numpyroflows.io` mirrors this module.
 """
 
 from __future__ import annotations
@@ -14,31 +16,24 @@ from typing import Any
 import numpy as np
 import torch
 
+from flowcommon.config import (
+    ArraySpec,
+    archive_kind,
+    check_arrays,
+    check_config_size,
+    check_format_version,
+    decode_config,
+    other_package_error,
+)
+
 from .flows.core import RECIPES, Flow
 from .transforms.base import from_config
-from .transforms.transformers import make_transformer
+from .transforms.transformers import make_transformer, revive_transformers
 
 FORMAT = "pyroflows"
 FORMAT_VERSION = 2
 #: Version 2: affine transformers use a soft-clamped ``exp`` scale, and MAF, coupling and elementwise
 #: layers evaluate their transformer data to noise; a version-1 file's parameters would mean another flow.
-
-
-def _check_version(version: Any, path: Any) -> None:
-    if version != FORMAT_VERSION:
-        raise ValueError(
-            f"{path} was written in file format version {version}, this release reads version {FORMAT_VERSION}: the "
-            "affine transformer and the direction of MAF, coupling and elementwise layers changed in version 2, so "
-            "its parameters would describe another flow. Refit the flow, or load it with the release that wrote it."
-        )
-
-
-def _revive(value: Any) -> Any:
-    if isinstance(value, dict) and "__transformer__" in value:
-        return make_transformer(value["__transformer__"])
-    if isinstance(value, list):
-        return [_revive(v) for v in value]
-    return value
 
 
 def flow_from_config(config: dict) -> Flow:
@@ -50,7 +45,7 @@ def flow_from_config(config: dict) -> Flow:
         cls = RECIPES[kind]
     except KeyError:
         raise ValueError(f"unknown flow type {kind!r} in saved configuration; known: {sorted(RECIPES)}") from None
-    return cls(**{k: _revive(v) for k, v in config["kwargs"].items()})
+    return cls(**{k: revive_transformers(v) for k, v in config["kwargs"].items()})
 
 
 def save(flow: Flow, path: str | os.PathLike) -> None:
@@ -61,13 +56,23 @@ def save(flow: Flow, path: str | os.PathLike) -> None:
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device | None = None) -> Flow:
-    """Read a flow written by :func:`save`. Never unpickles code (``torch.load(weights_only=True)``)."""
-    blob = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a pyroflows file (write one with pyroflows.save)")
-    _check_version(blob.get("version"), path)
-    flow = flow_from_config(json.loads(blob["config"]))
-    state = blob["state"]
+    """Read a flow written by :func:`save`, checking the file before building anything.
+
+    Never unpickles code (``torch.load(weights_only=True)``). Before the flow is built, its configuration's sizes are
+    checked against the stored tensors (a configuration claiming more parameters than the file holds is refused at
+    once: nothing is built); before any value is loaded, every tensor's name, shape and dtype kind must be exactly
+    the built flow's. ``map_location`` moves the loaded flow (e.g. ``"cuda"``).
+
+    Raises:
+        ValueError: not a pyroflows file (a numpyroflows file names :func:`numpyroflows.load`), another format
+            version, or a configuration and tensors that do not belong together (naming the parameter, the expected
+            and the found shape).
+    """
+    path = os.fspath(path)
+    config, state = _read(path)
+    check_config_size(config, _stored_values(state), path, _transformer_params)
+    flow = _build(config, path)
+    check_arrays(_specs(flow.state_dict()), _specs(state), path)
     floats = [v.dtype for v in state.values() if v.is_floating_point()]
     if floats:
         flow.to(floats[0])
@@ -83,11 +88,76 @@ def export_params(flow: Flow) -> dict[str, np.ndarray]:
 
 
 def import_params(flow: Flow, params: dict[str, np.ndarray]) -> Flow:
-    """Load arrays produced by :func:`export_params` into ``flow`` (in place; returns it)."""
+    """Load arrays produced by :func:`export_params` (or :func:`numpyroflows.export_params`) into ``flow`` (in place;
+    returns it). Names and shapes must match exactly; values are cast to each parameter's dtype.
+
+    Raises:
+        ValueError: naming the missing, unexpected or wrongly shaped parameters.
+    """
     current = flow.state_dict()
-    missing = sorted(set(current) - set(params))
-    unexpected = sorted(set(params) - set(current))
-    if missing or unexpected:
-        raise ValueError(f"parameter names do not match this flow: missing {missing}, unexpected {unexpected}")
+    check_arrays({k: (tuple(v.shape), "") for k, v in current.items()},
+                 {k: (np.shape(v), "") for k, v in params.items()}, "import_params", kinds=False)
     flow.load_state_dict({k: torch.as_tensor(np.array(v)).to(current[k]) for k, v in params.items()})
     return flow
+
+
+# ------------------------------------------------------------------------------------------------- load's checks
+def _read(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The configuration and tensors of a pyroflows file, checked to be what :func:`save` writes (nothing built)."""
+    kind = archive_kind(path)
+    if kind == "numpyroflows":
+        raise other_package_error(path, kind)
+    if kind != "torch":
+        raise ValueError(f"{path} is not a pyroflows file (write one with pyroflows.save)")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a pyroflows file (write one with pyroflows.save)")
+    check_format_version(blob.get("version"), FORMAT_VERSION, path)
+    config = decode_config(blob.get("config"), path)
+    state = blob.get("state")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise ValueError(f"{path}: its 'state' is not a dict of named tensors (write the file with pyroflows.save)")
+    return config, state
+
+
+def _build(config: dict, path: str) -> Flow:
+    """:func:`flow_from_config`, with the file named in the error of a configuration that builds no flow."""
+    try:
+        return flow_from_config(config)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: its flow configuration does not build a flow: {e}") from e
+
+
+def _transformer_params(transformer: Any, count_bins: Any, bound: Any) -> int:
+    """Raw parameters of a transformer named in a configuration (the size rule of :mod:`flowcommon.config`)."""
+    return make_transformer(revive_transformers(transformer), count_bins=count_bins, bound=bound).num_params
+
+
+def _kind(dtype: torch.dtype) -> str:
+    """NumPy's dtype kind character of a torch dtype (``"f"``, ``"i"``, ``"u"``, ``"b"``, ``"c"``)."""
+    if dtype == torch.bool:
+        return "b"
+    if dtype.is_complex:
+        return "c"
+    if dtype.is_floating_point:
+        return "f"
+    return "i" if dtype.is_signed else "u"
+
+
+def _specs(state: dict[str, torch.Tensor]) -> dict[str, ArraySpec]:
+    return {k: (tuple(v.shape), _kind(v.dtype)) for k, v in state.items()}
+
+
+def _stored_values(state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Values each tensor brings from the file, counted once per storage: an expanded tensor or views of one
+    storage cannot claim more values than the file holds."""
+    seen: set[int] = set()
+    out = {}
+    for k, v in state.items():
+        storage = v.untyped_storage()
+        ptr = storage.data_ptr()
+        out[k] = 0 if ptr in seen else storage.nbytes() // max(v.element_size(), 1)
+        if storage.nbytes():
+            seen.add(ptr)
+    return out

@@ -297,3 +297,98 @@ def test_same_trajectory_as_pyroflows():
     for k in tparams:
         np.testing.assert_allclose(jparams[k], tparams[k], atol=1e-10, err_msg=k)
 
+
+
+# ============================================================================================ standardisation limits
+def test_standardize_refuses_what_the_data_space_affine_cannot_hold():
+    """As in pyroflows: a column with sd below the affine's floor, a constant column and float32 data at offset 1e8
+    are refused with the fix named (they were clamped, given sd 1, and cast to float32 before standardising)."""
+    x = np.random.default_rng(0).normal(size=(500, 2))
+    x = (x - x.mean(0)) / x.std(0)
+    kw = {"max_steps": 2, "validation_fraction": 0, "progress": False}
+    with pytest.raises(ValueError, match=r"column 1 of data has sd 0.0001.*rescale the column \(multiply it by 10000"):
+        fit_fn(Flow([DiagonalAffine(2)]), x * [1.0, 1e-4], standardize=True, **kw)
+    with pytest.raises(ValueError, match=r"column 0 of data is constant"):
+        fit_fn(Flow([DiagonalAffine(2)]), np.c_[np.full(500, 3.0), x[:, 1]], standardize=True, **kw)
+    with pytest.raises(ValueError, match=r"column 0 of data has mean 1e\+08 and sd 1.*jax_enable_x64"):
+        fit_fn(Flow([DiagonalAffine(2)]), x + [1e8, 0.0], standardize=True, **kw)
+
+
+def test_standardize_in_float64_fits_data_far_from_the_origin():
+    rng = np.random.default_rng(1)
+    x, xv = rng.normal(size=(2000, 2)) + 1e8, rng.normal(size=(500, 2)) + 1e8
+    truth = -stats.norm(1e8, 1.0).logpdf(xv).sum(1).mean()
+    with jax.enable_x64(True):
+        flow = Flow([DiagonalAffine(2)])
+        flow = flow.with_params({k: v.astype(jnp.float64) for k, v in flow.params.items()})
+        flow, h = fit_fn(flow, x, validation_data=xv, standardize=True, max_steps=200, lr=1e-2, progress=False)
+        nll = -_mean_log_prob(flow, xv)
+    assert nll == pytest.approx(h.best_val_loss, rel=1e-9)
+    assert h.best_val_loss == pytest.approx(truth, abs=0.02)
+
+
+# ============================================================================================ data types
+def test_integer_data_without_dequantize_warn_and_lists_are_data():
+    counts = np.random.default_rng(0).poisson(4.0, size=(300, 2))
+    with pytest.warns(UserWarning, match=r"only integer values.*dequantize=True"):
+        fit_fn(Flow([DiagonalAffine(2)]), counts, max_steps=2, progress=False)
+    x = _moons(300, 0)
+    _, h_list = fit_fn(Flow([DiagonalAffine(2)]), x.tolist(), max_steps=3, progress=False)
+    _, h = fit_fn(Flow([DiagonalAffine(2)]), x, max_steps=3, progress=False)
+    assert h_list.train_loss == h.train_loss
+
+
+# ======================================================================================= optimizer, scheduler, callback
+def test_optax_optimizer_replaces_adam_and_leaves_the_buffers_alone():
+    optax = pytest.importorskip("optax")
+    x = np.random.default_rng(1).normal([1.0, -2.0], [0.5, 2.0], size=(200, 2))
+    kw = {"batch_size": 50, "max_steps": 40, "validation_fraction": 0, "progress": False}
+    _, h_default = fit_fn(Flow([DiagonalAffine(2)]), x, lr=0.05, **kw)
+    _, h_same = fit_fn(Flow([DiagonalAffine(2)]), x, optimizer=optax.adam(0.05), **kw)
+    np.testing.assert_allclose(h_same.train_loss, h_default.train_loss, rtol=1e-6)
+    flow = Flow([DiagonalAffine(2), ReversePermutation(2), DiagonalAffine(2)])
+    out, h = fit_fn(flow, x, optimizer=optax.adamw(0.05, weight_decay=10.0), **kw)
+    assert h.train_loss[-1] < h.train_loss[0]
+    for k in ("transforms.1.perm", "transforms.1.inv_perm"):  # weight decay never reaches the stored permutation
+        np.testing.assert_array_equal(np.asarray(out.params[k]), np.asarray(flow.params[k]))
+    with pytest.raises(ValueError, match="with optimizer= set the learning rate"):
+        fit_fn(Flow([DiagonalAffine(2)]), x, optimizer=optax.adam(0.1), lr=0.1, **kw)
+    with pytest.raises(TypeError, match=r"optax.GradientTransformation.*pyroflows.fit takes a torch optimizer"):
+        fit_fn(Flow([DiagonalAffine(2)]), x, optimizer=lambda p: None, **kw)
+    with pytest.raises(TypeError, match="carries its own schedule"):
+        fit_fn(Flow([DiagonalAffine(2)]), x, optimizer=optax.adam(0.1), scheduler=optax.constant_schedule(0.1), **kw)
+
+
+def test_scheduler_is_an_optax_schedule_for_the_default_adam():
+    optax = pytest.importorskip("optax")
+    x = np.random.default_rng(1).normal(size=(200, 2))
+    kw = {"batch_size": 50, "validation_fraction": 0, "progress": False}
+    five, _ = fit_fn(Flow([DiagonalAffine(2)]), x, max_steps=5, lr=0.05, **kw)
+    frozen, _ = fit_fn(Flow([DiagonalAffine(2)]), x, max_steps=20, **kw,
+                       scheduler=optax.piecewise_constant_schedule(0.05, {5: 0.0}))
+    assert _same_params(frozen, five)  # learning rate 0 after five steps
+    with pytest.raises(ValueError, match="the schedule gives the learning rate: drop lr="):
+        fit_fn(Flow([DiagonalAffine(2)]), x, max_steps=5, lr=0.05, scheduler=optax.constant_schedule(0.1), **kw)
+
+
+def test_callback_sees_each_evaluation_and_can_stop():
+    rng = np.random.default_rng(2)
+    x, xv = rng.normal(5.0, 2.0, size=(300, 2)), rng.normal(5.0, 2.0, size=(100, 2))
+    seen = []
+
+    def callback(step, loss, flow):
+        seen.append((step, loss, -_mean_log_prob(flow, xv)))
+        return step >= 30
+
+    flow, h = fit_fn(_small_maf(), x, validation_data=xv, standardize=True, eval_every=10, max_steps=100,
+                     callback=callback, progress=False)
+    assert h.stopped == "callback" and h.num_steps == 30 and "stopped by the callback at step 30" in h.message
+    assert [s for s, _, _ in seen] == [10, 20, 30] and [v for _, v, _ in seen] == [v for _, v in h.val_loss[1:]]
+    for _, loss, own in seen:  # the flow handed over is the data-space flow fit would return at that step
+        assert own == pytest.approx(loss, rel=1e-5)
+    without_val = []
+    fit_fn(Flow([DiagonalAffine(2)]), x, validation_fraction=0, eval_every=7, max_steps=20, progress=False,
+           callback=lambda step, loss, flow: without_val.append((step, loss)))
+    _, h0 = fit_fn(Flow([DiagonalAffine(2)]), x, validation_fraction=0, eval_every=7, max_steps=20, progress=False)
+    assert without_val == [(7, pytest.approx(np.mean(h0.train_loss[:7]))), (14, pytest.approx(np.mean(
+        h0.train_loss[7:14]))), (20, pytest.approx(np.mean(h0.train_loss[14:])))]

@@ -342,3 +342,123 @@ def test_fit_on_gpu():
     assert next(flow.parameters()).is_cuda and h.best_val_loss < h.val_loss[0][1]
     with torch.no_grad():
         assert torch.isfinite(flow().log_prob(torch.as_tensor(x, dtype=torch.float32, device="cuda"))).all()
+
+
+# ============================================================================================ standardisation limits
+def test_standardize_refuses_what_the_data_space_affine_cannot_hold():
+    """Before: a column with sd 1e-4 was silently clamped to the affine's floor 1e-3 (a wrong density), a constant
+    column silently got sd 1, and float32 data at offset 1e8 were cast to float32 before standardising (all rows one
+    value, a meaningless NLL). Now each is refused with the fix named."""
+    x = np.random.default_rng(0).normal(size=(500, 2))
+    x = (x - x.mean(0)) / x.std(0)
+    kw = {"max_steps": 2, "validation_fraction": 0, "progress": False}
+    with pytest.raises(ValueError, match=r"column 1 of data has sd 0.0001.*floor 0.001.*rescale the column "
+                                         r"\(multiply it by 10000"):
+        fit_fn(Flow([DiagonalAffine(2)]), x * [1.0, 1e-4], standardize=True, **kw)
+    with pytest.raises(ValueError, match=r"column 0 of data is constant \(every training row holds 3\).*drop"):
+        fit_fn(Flow([DiagonalAffine(2)]), np.c_[np.full(500, 3.0), x[:, 1]], standardize=True, **kw)
+    with pytest.raises(ValueError, match=r"column 0 of data has mean 1e\+08 and sd 1.*flow.double\(\)"):
+        fit_fn(Flow([DiagonalAffine(2)]), x + [1e8, 0.0], standardize=True, **kw)
+    flow, _ = fit_fn(Flow([DiagonalAffine(2)]), x * [1.0, 2e-3], standardize=True, **kw)  # above the floor: fits
+    assert isinstance(flow.transforms[-1], DiagonalAffine)
+
+
+def test_standardize_in_float64_fits_data_far_from_the_origin():
+    """Offset 1e8, sd 1, a float64 flow: standardised in float64, the reported NLL is that of the data, and the
+    returned flow's log_prob agrees with it and with the true density."""
+    rng = np.random.default_rng(1)
+    x, xv = rng.normal(size=(2000, 2)) + 1e8, rng.normal(size=(500, 2)) + 1e8
+    flow, h = fit_fn(Flow([DiagonalAffine(2)]).double(), x, validation_data=xv, standardize=True, max_steps=200,
+                     lr=1e-2, progress=False)
+    truth = -stats.norm(1e8, 1.0).logpdf(xv).sum(1).mean()
+    with torch.no_grad():
+        nll = float(-flow().log_prob(torch.as_tensor(xv)).mean())
+    assert nll == pytest.approx(h.best_val_loss, rel=1e-9)
+    assert h.best_val_loss == pytest.approx(truth, abs=0.02)
+
+
+# ============================================================================================ data types
+def test_integer_data_without_dequantize_warn_and_any_dtype_is_converted():
+    """Integer data fitted as if continuous (a density piling up on the integers): a warning naming dequantize=True;
+    int64 and float64 tensors are converted to the flow's float32."""
+    counts = np.random.default_rng(0).poisson(4.0, size=(300, 2))
+    with pytest.warns(UserWarning, match=r"only integer values.*dequantize=True"):
+        fit_fn(Flow([DiagonalAffine(2)]), counts, max_steps=2, progress=False)
+    with pytest.warns(UserWarning, match="dequantize=True"):
+        fit_fn(Flow([DiagonalAffine(2)]), counts.astype(np.float64), max_steps=2, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, h = fit_fn(Flow([DiagonalAffine(2)]), torch.as_tensor(counts), dequantize=True, max_steps=2,
+                      progress=False)
+        _, h64 = fit_fn(_small_maf(), torch.as_tensor(_moons(300, 0), dtype=torch.float64), max_steps=2,
+                        progress=False)
+    assert math.isfinite(h.best_val_loss) and math.isfinite(h64.best_val_loss)
+
+
+# ======================================================================================= optimizer, scheduler, callback
+def test_optimizer_factory_replaces_adam():
+    x = np.random.default_rng(1).normal([1.0, -2.0], [0.5, 2.0], size=(200, 2))
+    kw = {"batch_size": 50, "max_steps": 40, "validation_fraction": 0, "progress": False}
+    _, h_default = fit_fn(Flow([DiagonalAffine(2)]), x, lr=0.05, **kw)
+    _, h_same = fit_fn(Flow([DiagonalAffine(2)]), x, optimizer=lambda p: torch.optim.Adam(p, lr=0.05), **kw)
+    assert h_same.train_loss == h_default.train_loss  # the factory's optimizer takes the steps, nothing else
+    made = []
+
+    def sgd(groups):
+        made.append(torch.optim.SGD(groups, lr=0.05, weight_decay=0.1))
+        return made[-1]
+
+    flow, h = fit_fn(Flow([DiagonalAffine(2)]), x, optimizer=sgd, standardize=True, **kw)
+    assert len(made) == 1 and [g["weight_decay"] for g in made[0].param_groups] == [0.1, 0.0]  # affine spared
+    assert h.train_loss[-1] < h.train_loss[0] and h.train_loss != h_default.train_loss
+    with pytest.raises(ValueError, match="with optimizer= set the learning rate"):
+        fit_fn(Flow([DiagonalAffine(2)]), x, optimizer=sgd, lr=0.1, **kw)
+    with pytest.raises(TypeError, match=r"optimizer must be a factory .*lambda params: torch.optim.AdamW"):
+        fit_fn(Flow([DiagonalAffine(2)]), x, optimizer=torch.optim.SGD(Flow([DiagonalAffine(2)]).parameters(), 0.1),
+               **kw)
+    with pytest.raises(TypeError, match="returned list"):
+        fit_fn(Flow([DiagonalAffine(2)]), x, optimizer=lambda p: list(p), **kw)
+
+
+def test_scheduler_factory_is_stepped_after_every_step():
+    x = np.random.default_rng(1).normal(size=(200, 2))
+    kw = {"batch_size": 50, "validation_fraction": 0, "progress": False, "lr": 0.05}
+    five, _ = fit_fn(Flow([DiagonalAffine(2)]), x, max_steps=5, **kw)
+    frozen, _ = fit_fn(Flow([DiagonalAffine(2)]), x, max_steps=20, **kw,
+                       scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if s < 5 else 0.0))
+    assert _same_state(_state(frozen), _state(five))  # learning rate 0 after five steps
+    plateaus = []
+
+    def plateau(opt):
+        plateaus.append(torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0, factor=0.5))
+        return plateaus[-1]
+
+    fit_fn(Flow([DiagonalAffine(2)]), x, max_steps=300, eval_every=5, patience=None, scheduler=plateau,
+           **{**kw, "validation_fraction": 0.2})
+    assert plateaus[0].optimizer.param_groups[0]["lr"] < 0.05  # stepped with the validation loss, and reduced
+
+
+def test_callback_sees_each_evaluation_and_can_stop():
+    rng = np.random.default_rng(2)
+    x, xv = rng.normal(5.0, 2.0, size=(300, 2)), rng.normal(5.0, 2.0, size=(100, 2))
+    seen = []
+
+    def callback(step, loss, flow):
+        with torch.no_grad():
+            seen.append((step, loss, float(-flow().log_prob(torch.as_tensor(xv, dtype=torch.float32)).mean())))
+        return step >= 30
+
+    flow, h = fit_fn(_small_maf(), x, validation_data=xv, standardize=True, eval_every=10, max_steps=100,
+                     callback=callback, progress=False)
+    assert h.stopped == "callback" and h.num_steps == 30 and "stopped by the callback at step 30" in h.message
+    assert [s for s, _, _ in seen] == [10, 20, 30] and [v for _, v, _ in seen] == [v for _, v in h.val_loss[1:]]
+    for _, loss, own in seen:  # the flow handed over is the data-space flow fit would return at that step
+        assert own == pytest.approx(loss, rel=1e-5)
+    without_val = []
+    fit_fn(Flow([DiagonalAffine(2)]), x, validation_fraction=0, eval_every=7, max_steps=20, progress=False,
+           callback=lambda step, loss, flow: without_val.append((step, loss)))
+    _, h0 = fit_fn(Flow([DiagonalAffine(2)]), x, validation_fraction=0, eval_every=7, max_steps=20, progress=False)
+    assert without_val == [(7, pytest.approx(np.mean(h0.train_loss[:7]))), (14, pytest.approx(np.mean(
+        h0.train_loss[7:14]))), (20, pytest.approx(np.mean(h0.train_loss[14:])))]
+    with pytest.raises(TypeError, match="callback must be a function"):
+        fit_fn(Flow([DiagonalAffine(2)]), x, callback=5, progress=False)

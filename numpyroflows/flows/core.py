@@ -14,11 +14,19 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
 from .._checks import check_context, check_input
-from ..transforms.base import FlowChain, FlowTransform, chain_forward, chain_inverse, record_init_arguments
+from ..transforms.base import (
+    FlowChain,
+    FlowTransform,
+    chain_forward,
+    chain_inverse,
+    floating_input,
+    record_init_arguments,
+)
 
 Array = jax.Array
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -68,6 +76,7 @@ class Flow:
     # -------------------------------------------------------------------------------------------------------------
     def __call__(self, context: Array | None = None) -> FlowDistribution:
         """The flow's distribution (conditioned on ``context`` of shape ``(..., context_dim)`` if it takes one)."""
+        context = _as_array(context, "context", f"{type(self).__name__}: ")
         check_context(context, self.context_dim, f"{type(self).__name__}: ")
         return FlowDistribution(self, context)
 
@@ -88,6 +97,41 @@ class Flow:
             raise ValueError(f"parameter names do not match this flow: missing {missing}, unexpected {unexpected}")
         parts = [t.with_params({k: params[f"transforms.{i}.{k}"] for k in t.params})
                  for i, t in enumerate(self.transforms)]
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.transforms = tuple(parts)
+        return new
+
+    @property
+    def requires_initialization(self) -> bool:
+        """Whether a transform still waits for its data-dependent initialisation (an ActNorm whose flag is 0): then
+        use :meth:`initialize` (``numpyroflows.fit`` does). Reads concrete flags: call it outside ``jax.jit``."""
+        return any(t.requires_initialization for t in self.transforms)
+
+    def initialize(self, x: Array, context: Array | None = None) -> Flow:
+        """This flow with every transform's data-dependent initialisation (ActNorm's today) run on data ``x`` of
+        shape ``(..., input_dim)``, as pyroflows' first ``flow(context).log_prob(x)`` does it: ``x`` goes through the
+        inverse pass, last transform first, and each transform is initialised on the batch it receives
+        (:meth:`~numpyroflows.transforms.FlowTransform.initialize` with ``direction="inverse"``), then applied; the
+        pass stops below the last transform that has an initialisation. Transforms already initialised keep their
+        values. Pure and jit-able: returns a new flow.
+
+        Example:
+            >>> flow = flow.initialize(jnp.asarray(x_train[:4096]))
+
+        Reference: Kingma & Dhariwal (2018), "Glow" (ActNorm's data-dependent initialisation).
+        """
+        where = f"{type(self).__name__}.initialize: "
+        x, context = _as_array(x, "x", where), _as_array(context, "context", where)
+        check_input(x, self.input_dim, "x", where)
+        check_context(context, self.context_dim, where)
+        parts = list(self.transforms)
+        # static (jit-able): the transforms that have an initialisation, whatever their flags say
+        first = next((i for i, t in enumerate(parts) if type(t).initialize is not FlowTransform.initialize), len(parts))
+        v = floating_input(x, parts)
+        for i in reversed(range(first, len(parts))):
+            t = parts[i] = parts[i].initialize(v, "inverse")
+            v, _ = t._inverse_ld(t.params, v, context if t.context_dim else None)
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
         new.transforms = tuple(parts)
@@ -124,6 +168,23 @@ def base_log_prob(flow: Flow, z: Array) -> Array:
     if flow.base is not None:
         return flow.base.log_prob(z)
     return -0.5 * jnp.sum(z * z, -1) - flow.input_dim * _HALF_LOG_2PI
+
+
+def _as_array(x: Any, name: str, where: str) -> Any:
+    """``x`` as an array: JAX and NumPy arrays and tracers as they are, lists and other array-likes converted with
+    NumPy; a ``TypeError`` naming ``.numpy()`` for a torch tensor (JAX does not read torch memory)."""
+    if x is None or isinstance(x, (jax.Array, np.ndarray, jax.core.Tracer)):
+        return x
+    if type(x).__module__.split(".")[0] == "torch":
+        raise TypeError(f"{where}{name} is a torch tensor; numpyroflows computes with JAX arrays: pass "
+                        f"{name}.detach().cpu().numpy() (or build the flow with pyroflows)")
+    try:
+        arr = np.asarray(x)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{where}{name} must be an array of numbers, got {type(x).__name__} ({err})") from None
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise TypeError(f"{where}{name} must be an array of numbers, got {type(x).__name__} of dtype {arr.dtype}")
+    return jnp.asarray(arr)
 
 
 class FlowDistribution(dist.Distribution):
@@ -175,7 +236,9 @@ class FlowDistribution(dist.Distribution):
         :meth:`sample_with_intermediates` for this very ``value``, as NumPyro passes it)."""
         if intermediates:
             return intermediates[0]
-        check_input(value, self.flow.input_dim, "value", f"{type(self.flow).__name__}.log_prob: ")
+        where = f"{type(self.flow).__name__}.log_prob: "
+        value = _as_array(value, "value", where)
+        check_input(value, self.flow.input_dim, "value", where)
         z, ladj = chain_inverse(self.flow.transforms, value, self.context)
         lp = self._base_log_prob(z) + ladj
         return jnp.broadcast_to(lp, jnp.broadcast_shapes(lp.shape, self.batch_shape))

@@ -195,7 +195,7 @@ def bnaf_forward(
             log_j = jax.nn.logsumexp(log_diag + log_j[..., None, :], axis=-1)
         if idx < last:
             h, log_act = activation(u, act)
-            log_j = log_j + log_act.reshape(*log_act.shape[:-1], dim, -1)
+            log_j = log_j + log_act.reshape(*log_act.shape[:-1], dim, log_act.shape[-1] // dim)  # no -1: batch may be 0
         else:
             h = u
     log_df = jnp.broadcast_to(log_j[..., 0], h.shape)

@@ -19,8 +19,7 @@ import numpy as np
 from .._checks import _all_finite
 from ..flows import recipes
 from ..flows.core import Flow, FlowDistribution
-from ..functional.affine import MIN_SCALE, affine_scale_inverse
-from ..nn.mlp import get_activation, linear_init
+from ..functional.affine import MIN_SCALE
 from ..transforms.base import default_key
 from ..transforms.linear import DiagonalAffine
 from .autoguide import _recipe_arguments
@@ -42,65 +41,6 @@ _AUTOREGRESSIVE = {"iaf", "spline_iaf", "maf"}
 _DEFAULT_HIDDEN_MIN = 64
 _DEFAULT_HIDDEN_PER_DIM = 4
 _SET_BY_ENCODER = {"input_dim", "context_dim", "key"}
-
-
-# --------------------------------------------------------------------------------------------------- feature MLP
-@jax.tree_util.register_pytree_with_keys_class
-class FeatureMLP:
-    """A feature network for :class:`FlowEncoder`: ``h = σ(W_L … σ(W_1 x + b_1) … + b_L)``, an MLP whose every layer,
-    the last included, is followed by the activation; a callable pytree of its parameters (like an Equinox module).
-
-    Args:
-        in_features: size of ``x`` (its last axis).
-        hidden_dims: widths of the layers; the last one is the feature size (``out_features``).
-        activation: one of ``relu``, ``elu``, ``tanh``, ``gelu``, ``silu``.
-        key: PRNG key of the initial weights (drawn like ``torch.nn.Linear``; ``PRNGKey(0)`` if None).
-
-    Example:
-        >>> net = FeatureMLP(784, (300, 300), key=jax.random.PRNGKey(0))
-        >>> net(jnp.ones((5, 784))).shape
-        (5, 300)
-
-    Parameters (``net.params``): ``layers.{i}.weight`` (``(out, in)``) and ``layers.{i}.bias``, as in pyroflows'
-    ``FeatureMLP``.
-    """
-
-    def __init__(self, in_features: int, hidden_dims: Sequence[int] = (300, 300), activation: str = "relu", *,
-                 key: Array | None = None) -> None:
-        widths = (int(in_features),) + tuple(int(h) for h in hidden_dims)
-        if len(widths) < 2 or min(widths) < 1:
-            raise ValueError(f"FeatureMLP needs in_features >= 1 and at least one hidden width >= 1, got "
-                             f"in_features={in_features}, hidden_dims={tuple(hidden_dims)}")
-        get_activation(activation)
-        self.in_features, self.out_features, self.activation = widths[0], widths[-1], activation
-        keys = jax.random.split(default_key(key), len(widths) - 1)
-        self.params: dict[str, Array] = {}
-        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-            self.params[f"layers.{i}.weight"], self.params[f"layers.{i}.bias"] = linear_init(keys[i], a, b)
-
-    def __call__(self, x: Array) -> Array:
-        act = get_activation(self.activation)
-        i = 0
-        while f"layers.{i}.weight" in self.params:
-            x = act(x @ self.params[f"layers.{i}.weight"].T + self.params[f"layers.{i}.bias"])
-            i += 1
-        return x
-
-    def tree_flatten_with_keys(self):
-        names = tuple(self.params)
-        children = tuple((jax.tree_util.DictKey(k), self.params[k]) for k in names)
-        return children, (names, self.in_features, self.out_features, self.activation)
-
-    @classmethod
-    def tree_unflatten(cls, aux, leaves):
-        names, new = aux[0], object.__new__(cls)
-        new.in_features, new.out_features, new.activation = aux[1:]
-        new.params = dict(zip(names, leaves))
-        return new
-
-    def __repr__(self) -> str:
-        return f"FeatureMLP(in_features={self.in_features}, out_features={self.out_features}, " \
-               f"activation={self.activation!r})"
 
 
 # --------------------------------------------------------------------------------------------------- encoder
@@ -364,15 +304,12 @@ def _flow_layers(flow: str | Callable, latent_dim: int, feature_dim: int, num_tr
 
 
 def _init_gaussian(latent_dim: int, feature_dim: int, init_scale: float, key: Array) -> DiagonalAffine:
-    """The Gaussian layer: a :class:`DiagonalAffine` whose head is one linear layer from the features; mean rows with
-    ``torch.nn.Linear``'s initialisation (uniform in ``±1/sqrt(feature_dim)``, bias 0), scale rows with near-zero
-    weights and the bias giving ``σ = init_scale``."""
+    """The Gaussian layer: a :class:`DiagonalAffine` whose head is one linear layer from the features, built at mean 0
+    and scale ``init_scale`` (the biases); the weights of its mean rows are then drawn like ``torch.nn.Linear``'s
+    (uniform in ``±1/sqrt(feature_dim)``), the scale rows keep their near-zero weights."""
     k_affine, k_mean = jax.random.split(key)
-    gaussian = DiagonalAffine(latent_dim, feature_dim, hidden_dims=(), key=k_affine)
-    params = dict(gaussian.params)
-    w, b = params["head.net.context_layer.weight"], params["head.net.context_layer.bias"]
+    gaussian = DiagonalAffine(latent_dim, feature_dim, hidden_dims=(), scale=init_scale, key=k_affine)
+    w = gaussian.params["head.net.context_layer.weight"]
     bound = 1.0 / math.sqrt(feature_dim)
     w = w.at[:latent_dim].set(jax.random.uniform(k_mean, (latent_dim, feature_dim), w.dtype, -bound, bound))
-    b = b.at[latent_dim:].set(float(affine_scale_inverse(np.float64(init_scale))))
-    params["head.net.context_layer.weight"], params["head.net.context_layer.bias"] = w, b
-    return gaussian.with_params(params)
+    return gaussian.with_params({**gaussian.params, "head.net.context_layer.weight": w})

@@ -1,5 +1,6 @@
 """Maximum-likelihood density estimation in JAX: :func:`fit` trains a flow on data with Adam, mini-batches and early
-stopping (the mirror of :mod:`pyroflows.infer.fit`: same keywords, defaults, split and batch order).
+stopping (the mirror of :mod:`pyroflows.infer.fit`: same keywords, defaults, split and batch order; the backend-free
+half is :mod:`flowcommon.fit`).
 
 Training runs in jitted chunks: one compiled ``lax.while_loop`` performs up to ``eval_every`` optimizer steps on
 batches gathered on the device (from a table of pre-permuted row indices), and one compiled function evaluates the
@@ -11,8 +12,8 @@ function once, and later fits of a flow with the same structure on data of simil
 from __future__ import annotations
 
 import math
-import time
 import warnings
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -28,16 +29,19 @@ from flowcommon.fit import (
     FitHistory,
     _Batches,
     _budget,
-    _outcome,
+    _check_settings,
+    _Loop,
     _prepare,
+    _Split,
     _standardize_stats,
 )
 
 from ..flows.core import Flow
-from ..functional.affine import affine_scale_inverse
-from ..transforms.linear import _BUFFERS, ActNorm, DiagonalAffine, initialize_flow
+from ..functional.affine import MIN_SCALE, affine_scale
+from ..transforms.linear import _BUFFERS, DiagonalAffine, _affine_start
 
 Array = jax.Array
+
 
 # ===================================================================================================== JAX parts
 def _flow_dtype(flow: Flow) -> Any:
@@ -47,35 +51,45 @@ def _flow_dtype(flow: Flow) -> Any:
     return jnp.result_type(float)
 
 
-def _with_standardization(flow: Flow, mean: np.ndarray, sd: np.ndarray) -> Flow:
-    """``Flow([*flow.transforms, affine], base=flow.base)`` with ``affine(y) = mean + sd ⊙ y``."""
-    dtype = _flow_dtype(flow)
-    affine = DiagonalAffine(flow.input_dim)
-    raw = affine_scale_inverse(jnp.asarray(sd, dtype))
-    affine = affine.with_params({"head.shift": jnp.asarray(mean, dtype), "head.raw_scale": raw.astype(dtype)})
-    return Flow([*flow.transforms, affine], base=flow.base)
+def _cast(t: DiagonalAffine, dtype: Any) -> DiagonalAffine:
+    return t.with_params({k: v.astype(dtype) for k, v in t.params.items()})
 
 
-def _optimizer(hyper: dict[str, Array], decay: tuple[bool, ...], names: tuple[str, ...]) -> Any:
-    """Adam with decoupled weight decay (AdamW; ``weight_decay = 0`` is Adam) on the parameters marked in ``decay``,
-    the same update as ``torch.optim.AdamW``/``Adam``."""
-    mask = dict(zip(names, decay))
-    return optax.adamw(hyper["lr"], b1=0.9, b2=0.999, eps=1e-8, weight_decay=hyper["weight_decay"], mask=mask)
+def _affine(d: int, loc: np.ndarray, scale: np.ndarray, dtype: Any) -> DiagonalAffine:
+    """``DiagonalAffine(d, loc=loc, scale=scale)`` in ``dtype``, its start exact in float64 flows: the constructor
+    stores the start in float32 (as every numpyroflows constructor), so the float64 start its ``_affine_start``
+    computes is written again in the flow's dtype."""
+    shift, raw = _affine_start(d, loc, scale)
+    affine = DiagonalAffine(d, loc=loc.tolist(), scale=scale.tolist())
+    return affine.with_params({"head.shift": jnp.asarray(shift, dtype), "head.raw_scale": jnp.asarray(raw, dtype)})
+
+
+def _optimizer(hyper: dict[str, Array], decay: tuple[bool, ...], names: tuple[str, ...], optimizer: Any,
+               schedule: Callable | None) -> Any:
+    """The update rule. Default: Adam with decoupled weight decay (AdamW; ``weight_decay = 0`` is Adam) on the
+    parameters marked in ``decay``, the same update as ``torch.optim.AdamW``/``Adam``, at the constant ``lr`` or
+    ``schedule(step)``. A given ``optimizer`` is applied to every parameter but the integer buffers."""
+    if optimizer is not None:
+        return optax.masked(optimizer, {k: k.rsplit(".", 1)[-1] not in _BUFFERS for k in names})
+    lr = hyper["lr"] if schedule is None else schedule
+    return optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=hyper["weight_decay"],
+                       mask=dict(zip(names, decay)))
 
 
 def _nll(params: dict[str, Array], flow: Flow, x: Array, c: Array | None) -> Array:
     return -jnp.mean(flow.with_params(params)(c).log_prob(x))
 
 
-@partial(jax.jit, static_argnames=("decay", "dequantize", "clip", "track"))
+@partial(jax.jit, static_argnames=("decay", "dequantize", "clip", "track", "optimizer", "schedule"))
 def _train_chunk(flow: Flow, params: dict, opt_state: Any, last_good: dict | None, x: Array, c: Array | None,
-                 idx: Array, n: Array, step0: Array, key: Array, hyper: dict, *, decay: tuple[bool, ...],
-                 dequantize: bool, clip: bool, track: bool) -> tuple:
-    """Up to ``n`` optimizer steps on the batches ``x[idx[i]]``; stops at the first non-finite loss or gradient
-    without applying that step. Returns the new state, the number of steps run (the failing one included), whether
-    all were finite, and the losses (``idx.shape[0]`` slots)."""
+                 idx: Array, n: Array, step0: Array, key: Array, hyper: dict, noise_scale: Array, *,
+                 decay: tuple[bool, ...], dequantize: bool, clip: bool, track: bool, optimizer: Any = None,
+                 schedule: Callable | None = None) -> tuple:
+    """Up to ``n`` optimizer steps on the batches ``x[idx[i]]`` (dequantization noise times ``noise_scale``); stops
+    at the first non-finite loss or gradient without applying that step. Returns the new state, the number of steps
+    run (the failing one included), whether all were finite, and the losses (``idx.shape[0]`` slots)."""
     names = tuple(sorted(params))
-    opt = _optimizer(hyper, decay, names)
+    opt = _optimizer(hyper, decay, names, optimizer, schedule)
 
     def cond(state):
         i, ok = state[0], state[4]
@@ -86,7 +100,7 @@ def _train_chunk(flow: Flow, params: dict, opt_state: Any, last_good: dict | Non
         rows = idx[i]
         xb = x[rows]
         if dequantize:
-            xb = xb + jax.random.uniform(jax.random.fold_in(key, step0 + i), xb.shape, xb.dtype)
+            xb = xb + jax.random.uniform(jax.random.fold_in(key, step0 + i), xb.shape, xb.dtype) * noise_scale
         cb = None if c is None else c[rows]
         loss, grads = jax.value_and_grad(_nll)(params, flow, xb, cb)
         norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
@@ -167,6 +181,134 @@ def _resolve_device(device: Any) -> Any:
                          f"{jax.devices()}") from None
 
 
+class _Trainer:
+    """One JAX fit: the flow being trained (with standardisation, the flow plus a :class:`DiagonalAffine` at the
+    identity, trained on the data standardised in float64), its data on the device, the optimizer state and the
+    current, last finite and best parameters; compiled chunks of steps, the evaluation, keeping and restoring (the
+    backend half of :class:`flowcommon.fit._Loop`)."""
+
+    def __init__(self, flow: Flow, split: _Split, standardize: bool, dequantize: bool, seed: int, dev: Any,
+                 chunk: tuple[int, int]) -> None:
+        self.dtype, self.dev, self.dequantize, self.steps = _flow_dtype(flow), dev, dequantize, 0
+        self.std = (_standardize_stats(split.x_train, dequantize, float(jnp.finfo(self.dtype).eps), MIN_SCALE)
+                    if standardize else None)
+        self.model = flow if self.std is None else Flow(
+            [*flow.transforms, _cast(DiagonalAffine(flow.input_dim), self.dtype)], base=flow.base)
+        self.offset = 0.0 if self.std is None else self.std.log_det
+        key_val, self.key_init, self.key_train, self.key_bpd = jax.random.split(jax.random.PRNGKey(int(seed)), 4)
+        scaled = (lambda a: a) if self.std is None else self.std.apply
+        self.x_np, self.c_np = scaled(split.x_train), split.c_train
+        self.x = _put(jnp.asarray(_pad_rows(self.x_np), self.dtype), dev)
+        self.c = None if self.c_np is None else _put(jnp.asarray(_pad_rows(self.c_np), self.dtype), dev)
+        self.inv_sd = np.ones(flow.input_dim) if self.std is None else 1.0 / self.std.sd
+        self.noise_scale = _put(jnp.asarray(self.inv_sd, self.dtype), dev)
+        self.val = None
+        if split.x_val is not None:
+            xv = scaled(split.x_val).astype(np.float64)
+            if dequantize:  # one fixed draw for the validation rows
+                u = np.asarray(jax.random.uniform(key_val, xv.shape), np.float64)
+                xv = xv + (u if self.std is None else u * self.inv_sd)
+            self.val = _batched(xv, split.c_val, self.dtype, dev)
+        self.idx = np.zeros(chunk, np.int32)
+
+    def initialize(self, rng: np.random.Generator) -> None:
+        """Data-dependent initialisation (:meth:`Flow.initialize`, ActNorm) on up to 4096 shuffled training rows."""
+        if self.model.requires_initialization:
+            rows = rng.permutation(self.x_np.shape[0])[:_INIT_ROWS]
+            x0 = jnp.asarray(self.x_np[rows], self.dtype)
+            if self.dequantize:
+                u = jax.random.uniform(self.key_init, x0.shape, self.dtype)
+                x0 = x0 + (u if self.std is None else u * jnp.asarray(self.inv_sd, self.dtype))
+            c0 = None if self.c_np is None else jnp.asarray(self.c_np[rows], self.dtype)
+            self.model = self.model.initialize(x0, c0)
+        self.model = _put(self.model, self.dev)
+
+    def optimize(self, optimizer: Any, scheduler: Callable | None, lr: float, weight_decay: float,
+                 clip_norm: float | None) -> None:
+        """The optimizer state and the compiled chunk's settings (weight decay spares the integer buffers and the
+        standardisation layer)."""
+        self.params = self.best = self.model.params
+        names, last = tuple(sorted(self.params)), len(self.model.transforms) - 1
+        decay = tuple(not (k.rsplit(".", 1)[-1] in _BUFFERS or (self.std is not None and
+                                                                k.startswith(f"transforms.{last}."))) for k in names)
+        self.hyper = {"lr": jnp.asarray(lr, self.dtype), "weight_decay": jnp.asarray(weight_decay, self.dtype),
+                      "clip_norm": jnp.asarray(1.0 if clip_norm is None else clip_norm, self.dtype)}
+        self.opt_state = _optimizer(self.hyper, decay, names, optimizer, scheduler).init(self.params)
+        self.last_good = self.params if self.val is None else None
+        self.statics = {"decay": decay, "dequantize": bool(self.dequantize), "clip": clip_norm is not None,
+                        "track": self.val is None, "optimizer": optimizer, "schedule": scheduler}
+
+    def train(self, idx: np.ndarray, record: Callable[[list[float], int], None]) -> int | None:
+        """One compiled chunk of steps on the batches ``idx``, reported to ``record``; see
+        :meth:`flowcommon.fit._Trainer.train`."""
+        n = idx.shape[0]
+        self.idx[:n] = idx
+        idx_dev, n_dev, step0 = _put(jnp.asarray(self.idx), self.dev), jnp.asarray(n, jnp.int32), jnp.asarray(
+            self.steps, jnp.int32)
+        self.params, self.opt_state, self.last_good, ran, ok, losses = _train_chunk(
+            self.model, self.params, self.opt_state, self.last_good, self.x, self.c, idx_dev, n_dev, step0,
+            self.key_train, self.hyper, self.noise_scale, **self.statics)
+        ran, ok = int(ran), bool(ok)
+        values = np.asarray(losses[:ran], np.float64).tolist()
+        self.steps += ran if ok else ran - 1
+        record(values, ran if ok else ran - 1)
+        if ok:
+            return None
+        if self.last_good is None or math.isfinite(values[-1]):
+            return self.steps
+        self.params = self.last_good  # the last parameters with a finite loss: those before the last applied step
+        return max(self.steps - 1, 0)
+
+    def evaluate(self) -> float:
+        return float(_mean_nll(self.model, self.params, *self.val))
+
+    def keep(self) -> None:
+        self.best = self.params
+
+    def flow(self, params: dict | None = None) -> Flow:
+        """The flow as fit returns it, with ``params`` (the current ones by default): with standardisation,
+        ``Flow([*flow.transforms, affine])`` whose affine is the standardisation composed (float64) with the trained
+        one, ``x = loc + s ⊙ u``."""
+        model = self.model.with_params(self.params if params is None else params)
+        if self.std is None:
+            return model
+        *inner, trained = model.transforms
+        shift = np.asarray(trained.params["head.shift"], np.float64)
+        scale = np.asarray(affine_scale(trained.params["head.raw_scale"]), np.float64)
+        loc, s = self.std.compose(shift, scale, MIN_SCALE)
+        affine = _affine(model.input_dim, loc, s, self.dtype)
+        return Flow([*inner, _put(affine, self.dev)], base=model.base)
+
+    def result(self) -> Flow:
+        """The kept parameters, as :meth:`flow`."""
+        return self.flow(self.best)
+
+    def bits_per_dim(self, best_val_loss: float | None) -> float | None:
+        """``best_val_loss / (D ln 2)``; without validation the NLL of the training rows with one noise draw."""
+        nll = best_val_loss
+        if self.val is None:
+            u = np.asarray(jax.random.uniform(self.key_bpd, self.x_np.shape), np.float64)
+            noisy = self.x_np + (u if self.std is None else u * self.inv_sd)
+            batches = _batched(noisy, self.c_np, self.dtype, self.dev)
+            nll = float(_mean_nll(self.model, self.best, *batches)) + self.offset
+        return None if nll is None else nll / (self.model.input_dim * math.log(2))
+
+
+def _check_optimizer(optimizer: Any, scheduler: Any, lr: float) -> None:
+    if optimizer is not None and not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+        raise TypeError("optimizer must be an optax.GradientTransformation (e.g. optax.adamw(1e-3)), got "
+                        f"{type(optimizer).__name__}; pyroflows.fit takes a torch optimizer factory instead")
+    if scheduler is not None:
+        if optimizer is not None:
+            raise TypeError("with optimizer= put the schedule into the optax optimizer (it carries its own schedule, "
+                            "e.g. optax.adamw(optax.cosine_decay_schedule(1e-3, 1000))) and drop scheduler=")
+        if not callable(scheduler):
+            raise TypeError(f"scheduler must be an optax schedule step -> learning rate (e.g. "
+                            f"optax.cosine_decay_schedule(1e-3, 1000)), got {type(scheduler).__name__}")
+        if lr != 1e-3:
+            raise ValueError("with scheduler= the schedule gives the learning rate: drop lr=")
+
+
 def fit(
     flow: Flow,
     data: Any,
@@ -185,6 +327,9 @@ def fit(
     eval_every: int | None = None,
     dequantize: bool = False,
     standardize: bool = False,
+    optimizer: Any = None,
+    scheduler: Callable[[Array], Array] | None = None,
+    callback: Callable[[int, float, Flow], bool | None] | None = None,
     device: Any = None,
     progress: bool = True,
     seed: int = 0,
@@ -200,7 +345,8 @@ def fit(
 
     Args:
         flow: a :class:`~numpyroflows.Flow` (any recipe). JAX values are immutable: use the returned flow.
-        data: ``(N, input_dim)`` array.
+        data: ``(N, input_dim)`` array (NumPy, JAX, torch or a nested list); integer-valued data without
+            ``dequantize`` draw a warning.
         context: ``(N, context_dim)`` rows of context, required exactly when ``flow.context_dim > 0``.
         batch_size: rows per step (at most the number of training rows).
         max_steps: optimizer steps; or ``epochs`` (passes over the training rows). Neither: 1000 steps.
@@ -219,11 +365,25 @@ def fit(
             afresh each step (the validation rows get one fixed draw). Its likelihood lower-bounds the discrete
             likelihood of ``x`` (Theis et al. 2016), and ``history.bits_per_dim = best_val_loss / (D ln 2)``. For
             pixels pass the raw integers (0..255) with ``standardize=True``: the figure is then the usual bits/dim.
-        standardize: put a :class:`~numpyroflows.transforms.linear.DiagonalAffine` ``x = mean + sd ⊙ y`` (training
-            mean and sd per column, of ``x + u`` with dequantization) at the data end of the flow, so the inner
-            transforms see standardised data while ``log_prob`` stays in data space; the returned flow is
-            ``Flow([*flow.transforms, affine], base=flow.base)``. The affine is trained with the rest (the statistics
-            are its start).
+        standardize: standardise each column in float64, ``y = (x - mean) / sd`` (training mean and sd, of ``x + u``
+            with dequantization), and train the flow followed by a
+            :class:`~numpyroflows.transforms.linear.DiagonalAffine` (starting at the identity) on ``y``. The returned
+            flow is ``Flow([*flow.transforms, affine], base=flow.base)`` with an affine in data space,
+            ``x = loc + s ⊙ u``, composed in float64 from the standardisation and the trained affine, so its
+            ``log_prob`` is that of the data. Refused, naming the fix: a constant column, a column whose sd is at or
+            below the affine's floor 1e-3, or whose offset the flow's dtype cannot resolve against its sd (fit a
+            float64 flow, built with ``jax_enable_x64``).
+        optimizer: an ``optax.GradientTransformation`` replacing Adam, e.g. ``optax.adamw(optax.cosine_decay_schedule(
+            3e-4, 2000))``; it carries its own learning rate and schedule (then ``lr``, ``weight_decay`` and
+            ``scheduler`` stay at their defaults). Applied to every parameter but the integer buffers; gradient
+            clipping still applies.
+        scheduler: an optax schedule ``step -> learning rate`` for the default Adam instead of the constant ``lr``
+            (e.g. ``optax.cosine_decay_schedule(1e-3, 2000)``); pyroflows takes a torch scheduler factory here.
+        callback: ``callback(step, loss, flow) -> bool | None``, called every ``eval_every`` steps (after the
+            evaluation, between compiled chunks) with the number of updates so far, the validation NLL (without
+            validation: the mean training loss of those steps) and the flow as it would be returned now; returning
+            True stops training (``history.stopped == "callback"``, the best parameters are returned as for early
+            stopping).
         device: a ``jax.Device`` or a platform name (``"cpu"``, ``"gpu"``) to train on; ``None``: JAX's default.
         progress: show a tqdm bar with the running (exponential average) training loss and the last validation loss.
         seed: seeds the split and batch order (NumPy, as pyroflows) and the dequantization noise (``PRNGKey(seed)``).
@@ -232,19 +392,19 @@ def fit(
         ``(flow, history)``: the fitted flow, holding the best parameters, and a :class:`FitHistory`.
 
     A non-finite loss or gradient stops training at once (the failing step is not applied), returns the best
-    parameters (without validation: the last ones with a finite training loss) and warns. ``ActNorm`` layers not yet
-    initialised are initialised (:func:`~numpyroflows.transforms.initialize_flow`) on up to 4096 shuffled training
-    rows before the first step.
+    parameters (without validation: the last ones with a finite training loss) and warns. Transforms with a
+    data-dependent initialisation not yet run (``ActNorm``) are initialised by
+    :meth:`~numpyroflows.flows.Flow.initialize` on up to 4096 shuffled training rows before the first step.
 
-    The start: the recipes begin at their base distribution (conditioners' ``output_init=1e-3``). For maximum
-    likelihood that is also the better start for spline flows (NSF); ``output_init="fan_in"`` (random output weights,
-    as in zuko and FlowJAX) helped the affine MAF on the rings toy by 0.03 nats (``benchmarks/RESULTS.md``,
-    "the conditioners' start").
+    The start: the recipes begin at their base distribution (conditioners' ``output_init=1e-3``); for maximum
+    likelihood that is also the better start for spline flows (NSF), while ``output_init="fan_in"`` (random output
+    weights, as in zuko and FlowJAX) suits the affine MAF (``benchmarks/RESULTS.md``, "the conditioners' start").
 
     Example:
         >>> flow = flows.MAF(input_dim=2, key=jax.random.PRNGKey(0))
         >>> flow, history = fit(flow, x, max_steps=2000)
         >>> history.best_val_loss, flow().log_prob(x_test).mean()
+        >>> flow, history = fit(flow, x, optimizer=optax.adamw(3e-4), callback=lambda step, loss, flow: loss < -1.0)
 
     References: Papamakarios et al. (2021), "Normalizing flows for probabilistic modeling and inference" (§2.3,
     maximum likelihood); Theis et al. (2016), "A note on the evaluation of generative models" (dequantization).
@@ -252,134 +412,23 @@ def fit(
     if not isinstance(flow, Flow):
         raise TypeError(f"fit takes a numpyroflows Flow (e.g. numpyroflows.flows.MAF(input_dim=2)), got "
                         f"{type(flow).__name__}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr}")
-    if patience is not None and int(patience) < 1:
-        raise ValueError(f"patience must be a positive number of evaluations or None, got {patience}")
+    _check_settings(lr, weight_decay, patience, optimizer is not None, callback)
+    _check_optimizer(optimizer, scheduler, lr)
     if not any(k.rsplit(".", 1)[-1] not in _BUFFERS for k in flow.params):
         raise ValueError("the flow has no trainable parameters (only fixed permutations): there is nothing to fit")
     split = _prepare(flow, data, context, validation_fraction, validation_data, validation_context, dequantize, seed)
-    n_train = split.x_train.shape[0]
-    batch, _, total, every = _budget(n_train, batch_size, max_steps, epochs, eval_every)
-    has_val = split.x_val is not None
-    dev = _resolve_device(device)
-
-    # ------------------------------------------------------------------------------------------- flow and data
-    if standardize:
-        flow = _with_standardization(flow, *_standardize_stats(split.x_train, dequantize))
-    dtype = _flow_dtype(flow)
-    key_val, key_init, key_train, key_bpd = jax.random.split(jax.random.PRNGKey(int(seed)), 4)
-    x_train = _put(jnp.asarray(_pad_rows(split.x_train), dtype), dev)
-    c_train = None if split.c_train is None else _put(jnp.asarray(_pad_rows(split.c_train), dtype), dev)
-    if has_val:
-        xv = split.x_val.astype(np.float64)
-        if dequantize:
-            xv = xv + np.asarray(jax.random.uniform(key_val, xv.shape), np.float64)
-        val = _batched(xv, split.c_val, dtype, dev)
-    stream = _Batches(split.rng, n_train, batch)
-
-    if any(isinstance(t, ActNorm) and float(t.params["initialized"]) < 0.5 for t in flow.transforms):
-        rows = split.rng.permutation(n_train)[:_INIT_ROWS]
-        x0 = jnp.asarray(split.x_train[rows], dtype)
-        if dequantize:
-            x0 = x0 + jax.random.uniform(key_init, x0.shape, dtype)
-        flow = initialize_flow(flow, x0, None if split.c_train is None else jnp.asarray(split.c_train[rows], dtype))
-    flow = _put(flow, dev)
-
-    # ------------------------------------------------------------------------------------------- optimizer
-    params = flow.params
-    names = tuple(sorted(params))
-    last = len(flow.transforms) - 1
-    decay = tuple(not (k.rsplit(".", 1)[-1] in _BUFFERS or (standardize and k.startswith(f"transforms.{last}.")))
-                  for k in names)
-    hyper = {"lr": jnp.asarray(lr, dtype), "weight_decay": jnp.asarray(weight_decay, dtype),
-             "clip_norm": jnp.asarray(1.0 if clip_norm is None else clip_norm, dtype)}
-    opt_state = _optimizer(hyper, decay, names).init(params)
-    last_good = params if not has_val else None
-    statics = {"decay": decay, "dequantize": bool(dequantize), "clip": clip_norm is not None, "track": not has_val}
-
-    # ------------------------------------------------------------------------------------------- loop
-    from tqdm.auto import tqdm
-
-    history = FitHistory()
-    best_params = params
-    best, best_step, bad_evals, step, ema = math.inf, 0, 0, 0, None
-    stopped = ""
-    bar = tqdm(total=total, disable=not progress, desc="fit", unit="step", leave=True)
-
-    def evaluate() -> bool:
-        """Evaluate the validation loss after ``step`` updates; False when it is not finite."""
-        nonlocal best, best_step, best_params, bad_evals
-        value = float(_mean_nll(flow, params, *val))
-        history.val_loss.append((step, value))
-        if not math.isfinite(value):
-            return False
-        if value < best:
-            best, best_step, best_params, bad_evals = value, step, params, 0
-        else:
-            bad_evals += 1
-        bar.set_postfix(loss=f"{ema:.4g}" if ema is not None else "-", val=f"{value:.4g}", refresh=False)
-        return True
-
-    start = time.perf_counter()
-    try:
-        if has_val and not evaluate():
-            stopped = "nan"
-        idx = np.zeros((every, batch), np.int32)
-        while not stopped and step < total:
-            n = min(every, total - step)
-            idx[:n] = stream.next(n)
-            params, opt_state, last_good, ran, ok, losses = _train_chunk(
-                flow, params, opt_state, last_good, x_train, c_train, _put(jnp.asarray(idx), dev),
-                jnp.asarray(n, jnp.int32), jnp.asarray(step, jnp.int32), key_train, hyper, **statics)
-            ran, ok = int(ran), bool(ok)
-            values = np.asarray(losses[:ran], np.float64).tolist()
-            history.train_loss.extend(values)
-            for v in values[: ran if ok else ran - 1]:
-                ema = v if ema is None else 0.98 * ema + 0.02 * v
-            if not ok:
-                stopped = "nan"
-                step += ran - 1
-                if not has_val:  # the last parameters with a finite loss
-                    best_params = last_good
-                    best_step = step if math.isfinite(values[-1]) else max(step - 1, 0)
-                break
-            step += ran
-            bar.update(ran)
-            if has_val:
-                if not evaluate():
-                    stopped = "nan"
-                elif patience is not None and bad_evals >= int(patience):
-                    stopped = "early_stopping"
-            else:
-                bar.set_postfix(loss=f"{ema:.4g}", refresh=False)
-        if not stopped:
-            stopped = "max_steps"
-            if not has_val:
-                best_params, best_step = params, step
-    except KeyboardInterrupt:
-        stopped = "interrupted"
-        if not has_val:
-            best_params, best_step = params, step
-    finally:
-        bar.close()
-    history.seconds = time.perf_counter() - start
-    history.num_steps = step
-
-    # ------------------------------------------------------------------------------------------- outcome
-    flow = flow.with_params(best_params)
-    history.best_step = best_step
-    history.best_val_loss = best if has_val and math.isfinite(best) else None
-    history.stopped = stopped
-    history.message = _outcome(stopped, step, best_step, history.best_val_loss, patience, lr)
-    if stopped == "nan":
+    batch, _, total, every = _budget(split.x_train.shape[0], batch_size, max_steps, epochs, eval_every)
+    trainer = _Trainer(flow, split, standardize, dequantize, seed, _resolve_device(device), (every, batch))
+    trainer.initialize(split.rng)
+    trainer.optimize(optimizer, scheduler, lr, weight_decay, clip_norm)
+    loop = _Loop(total, every, patience, split.x_val is not None, progress, callback, trainer.offset)
+    loop.run(trainer, _Batches(split.rng, split.x_train.shape[0], batch))
+    flow = trainer.result()
+    history = loop.finish(lr if optimizer is None and scheduler is None else None)
+    if history.stopped == "nan":
         warnings.warn(f"numpyroflows.fit: {history.message}", RuntimeWarning, stacklevel=2)
     if dequantize:
-        nll = history.best_val_loss
-        if not has_val:
-            noisy = split.x_train + np.asarray(jax.random.uniform(key_bpd, split.x_train.shape), np.float64)
-            nll = float(_mean_nll(flow, flow.params, *_batched(noisy, split.c_train, dtype, dev)))
-        history.bits_per_dim = None if nll is None else nll / (flow.input_dim * math.log(2))
+        history.bits_per_dim = trainer.bits_per_dim(history.best_val_loss)
     return flow, history
 
 

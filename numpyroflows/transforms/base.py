@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -127,20 +128,36 @@ class FlowTransform(_FusedTransform):
     def _inverse_ld(self, params: dict, y: Array, context: Array | None) -> tuple[Array, Array]:
         raise NotImplementedError
 
+    # ----------------------------------------------------------------- data-dependent initialisation
+    @property
+    def requires_initialization(self) -> bool:
+        """Whether the transform still waits for its data-dependent initialisation (:meth:`initialize`); always
+        False for transforms without one. Reads a concrete flag: call it outside ``jax.jit``."""
+        return False
+
+    def initialize(self, v: Array, direction: str = "forward") -> FlowTransform:
+        """This transform initialised from a batch: ``v`` is an input ``x`` (``direction="forward"``) or an output
+        ``y`` (``"inverse"``). Nothing to do here (:class:`~numpyroflows.transforms.ActNorm` overrides it): returns
+        the transform itself. Pure and jit-able; :meth:`numpyroflows.flows.Flow.initialize` calls it for every
+        transform of a flow."""
+        if direction not in ("forward", "inverse"):
+            raise ValueError(f"direction must be 'forward' or 'inverse', got {direction!r}")
+        return self
+
     # ----------------------------------------------------------------- public API
     def forward_and_log_det(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
         """``(T(x), log|det ∂T/∂x|)`` in one pass."""
         name = type(self).__name__
         check_input(x, self.input_dim, "x", f"{name}: ")
         check_context(context, self.context_dim, f"{name}: ")
-        return self._forward_ld(self.params, x, context)
+        return self._forward_ld(self.params, floating_input(x, (self,)), context)
 
     def inverse_and_log_det(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
         """``(T⁻¹(y), log|det ∂T⁻¹/∂y|)`` in one pass; exact for any ``y``."""
         name = type(self).__name__
         check_input(y, self.input_dim, "y", f"{name}: ")
         check_context(context, self.context_dim, f"{name}: ")
-        return self._inverse_ld(self.params, y, context)
+        return self._inverse_ld(self.params, floating_input(y, (self,)), context)
 
     def condition(self, context: Array) -> ConditionedTransform:
         """This transform with its context fixed: a plain NumPyro ``Transform``."""
@@ -228,8 +245,23 @@ class FlowChain(_FusedTransform):
         return new
 
 
+def floating_input(x: Array, parts: Sequence[FlowTransform]) -> Array:
+    """``x`` in the floating type the transforms compute in: the promotion of its dtype with their parameters'.
+
+    Integer, bool and low-precision (bfloat16, float16) inputs are promoted (to float32, or float64 with x64 and
+    float64 parameters), so that every pass, including an autoregressive flow's slow direction, which writes its
+    outputs into an array shaped like its input, computes in the parameters' precision.
+    """
+    x = jnp.asarray(x)
+    dtypes = [leaf.dtype for t in parts for leaf in t.params.values() if jnp.issubdtype(leaf.dtype, jnp.floating)]
+    target = jnp.result_type(*dtypes) if dtypes else jnp.result_type(float)
+    dtype = jnp.promote_types(x.dtype, target)
+    return x if x.dtype == dtype else x.astype(dtype)
+
+
 def chain_forward(parts, x: Array, context: Array | None) -> tuple[Array, Array]:
     """Unchecked fused forward pass through ``parts``."""
+    x = floating_input(x, parts)
     total = jnp.zeros(x.shape[:-1], x.dtype)
     for t in parts:
         x, ld = t._forward_ld(t.params, x, context if t.context_dim else None)
@@ -239,6 +271,7 @@ def chain_forward(parts, x: Array, context: Array | None) -> tuple[Array, Array]
 
 def chain_inverse(parts, y: Array, context: Array | None) -> tuple[Array, Array]:
     """Unchecked fused inverse pass through ``parts`` (last to first)."""
+    y = floating_input(y, parts)
     total = jnp.zeros(y.shape[:-1], y.dtype)
     for t in reversed(parts):
         y, ld = t._inverse_ld(t.params, y, context if t.context_dim else None)
@@ -248,17 +281,10 @@ def chain_inverse(parts, y: Array, context: Array | None) -> tuple[Array, Array]
 
 def from_config(config: dict, key: Array | None = None) -> FlowTransform:
     """Rebuild a transform (fresh parameters from ``key``) from :meth:`FlowTransform.config`."""
-    from .transformers import make_transformer
-
-    def revive(v: Any) -> Any:
-        if isinstance(v, dict) and "__transformer__" in v:
-            return make_transformer(v["__transformer__"])
-        if isinstance(v, list):
-            return [revive(a) for a in v]
-        return v
+    from .transformers import revive_transformers
 
     try:
         cls = TRANSFORMS[config["type"]]
     except KeyError:
         raise ValueError(f"unknown transform type {config.get('type')!r} in saved configuration") from None
-    return cls(**{k: revive(v) for k, v in config["kwargs"].items()}, key=key)
+    return cls(**{k: revive_transformers(v) for k, v in config["kwargs"].items()}, key=key)

@@ -290,9 +290,9 @@ class ActNorm(_LinearBase):
 
     Data-dependent initialisation is *explicit* in JAX (pyroflows does it as a side effect of the first call, which a
     pure function cannot): :meth:`initialize` returns a new transform whose first call on that batch gives zero mean
-    and unit variance per dimension, and :func:`initialize_flow` does it for every ActNorm of a flow the way
-    pyroflows' first ``log_prob`` call would. The forward and inverse maps always use the stored parameters, whatever
-    the flag; an uninitialised layer is the identity.
+    and unit variance per dimension, and :meth:`numpyroflows.flows.Flow.initialize` does it for every ActNorm of a
+    flow the way pyroflows' first ``log_prob`` call would. The forward and inverse maps always use the stored
+    parameters, whatever the flag; an uninitialised layer is the identity.
 
     Reference: Kingma & Dhariwal (2018), "Glow: Generative Flow with Invertible 1x1 Convolutions".
     """
@@ -311,6 +311,11 @@ class ActNorm(_LinearBase):
         """Name of the context network's output bias (which holds ``[loc, log_scale]``)."""
         last = max((int(k.split(".")[3]) for k in self.params if k.startswith("head.net.layers.")), default=None)
         return "head.net.context_layer.bias" if last is None else f"head.net.layers.{last}.bias"
+
+    @property
+    def requires_initialization(self) -> bool:
+        """True while the flag ``initialized`` is 0 (a concrete value: call it outside ``jax.jit``)."""
+        return float(self.params["initialized"]) < 0.5
 
     def initialize(self, v: Array, direction: str = "forward") -> ActNorm:
         """This layer initialised from a batch, as pyroflows' first call in ``direction`` would do it.
@@ -361,19 +366,6 @@ class ActNorm(_LinearBase):
 
 
 def initialize_flow(flow: Any, x: Array, context: Array | None = None) -> Any:
-    """``flow`` with every :class:`ActNorm` initialised from data ``x``, as pyroflows' first
-    ``flow(context).log_prob(x)`` does it: the data go through the inverse pass (last transform first) and each
-    ActNorm met on the way is initialised (``direction="inverse"``) on the batch it receives, then applied.
-    Returns a new flow."""
-    parts = list(flow.transforms)
-    v = jnp.asarray(x)
-    for i in reversed(range(len(parts))):
-        t = parts[i]
-        ctx = context if t.context_dim else None
-        if isinstance(t, ActNorm):
-            t = parts[i] = t.initialize(v, "inverse")
-        v, _ = t._inverse_ld(t.params, v, ctx)
-    new = object.__new__(type(flow))
-    new.__dict__.update(flow.__dict__)
-    new.transforms = tuple(parts)
-    return new
+    """``flow.initialize(x, context)`` (:meth:`numpyroflows.flows.Flow.initialize`), kept for code written before
+    the flow owned its data-dependent initialisation. Returns a new flow."""
+    return flow.initialize(x, context)

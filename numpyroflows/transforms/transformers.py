@@ -156,6 +156,17 @@ def make_transformer(spec: str | dict | Transformer, **kwargs: Any) -> Transform
     return cls(**{k: v for k, v in kwargs.items() if k in accepted and v is not None})
 
 
+def revive_transformers(value: Any) -> Any:
+    """A saved configuration value with every transformer in it rebuilt (``{"__transformer__": spec}`` becomes
+    :func:`make_transformer` ``(spec)``, lists element by element), as :func:`pyroflows.transforms.transformers.
+    revive_transformers`: the one decoder of saved transformer specs in numpyroflows."""
+    if isinstance(value, dict) and "__transformer__" in value:
+        return make_transformer(value["__transformer__"])
+    if isinstance(value, list):
+        return [revive_transformers(v) for v in value]
+    return value
+
+
 class MonotoneBSpline(Transformer):
     """Monotone uniform quadratic B-spline on ``[-bound, bound]`` with ``count_bins`` intervals and C¹ linear tails
     (see :mod:`numpyroflows.functional.bspline`). Closed-form inverse. ``num_params = count_bins + 2``; raw zeros are

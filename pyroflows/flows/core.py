@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from pyro.distributions.torch_distribution import TorchDistribution
+from pyro.nn import PyroModule
 from torch import nn
 from torch.distributions import constraints
 
@@ -38,7 +39,8 @@ class Flow(nn.Module):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        RECIPES[cls.__name__] = cls
+        if not issubclass(cls, PyroModule):  # pyro.nn.module.to_pyro_module_ mixes PyroModule into a class copy
+            RECIPES[cls.__name__] = cls
         record_init_arguments(cls)
 
     def __init__(self, transforms: Sequence[FlowTransform], base: torch.distributions.Distribution | None = None):
@@ -70,11 +72,45 @@ class Flow(nn.Module):
     def forward(self, context: Tensor | None = None) -> FlowDistribution:
         """The flow's distribution (conditioned on ``context`` of shape ``(..., context_dim)`` if it takes one)."""
         check_context(context, self.context_dim, f"{type(self).__name__}: ")
+        if context is not None:
+            context = _in_flow_dtype(context, self._ref.dtype, "context", f"{type(self).__name__}: ")
         return FlowDistribution(self, context)
 
     def transform(self, context: Tensor | None = None) -> FlowChain:
         """The bijection ``T`` (base to data) as a torch ``Transform``; ``T.inv`` is exact on fresh data."""
         return FlowChain(list(self.transforms), self.input_dim, self.context_dim, context)
+
+    @property
+    def requires_initialization(self) -> bool:
+        """Whether a transform still waits for its data-dependent initialisation (an ActNorm not yet initialised):
+        then call :meth:`initialize` (``pyroflows.fit`` does) or let the first call on data do it."""
+        return any(t.requires_initialization for t in self.transforms)
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor, context: Tensor | None = None) -> Flow:
+        """Run every transform's data-dependent initialisation (ActNorm's today) on data ``x`` of shape
+        ``(..., input_dim)``, as the first ``flow(context).log_prob(x)`` does: ``x`` goes through the inverse pass,
+        last transform first, and each transform is initialised on the batch it receives
+        (:meth:`~pyroflows.transforms.FlowTransform.initialize` with ``direction="inverse"``), then applied; the pass
+        stops below the last transform that needs it. Transforms already initialised keep their values. Returns the
+        flow, changed in place (``numpyroflows``' ``Flow.initialize`` returns a new one).
+
+        Example:
+            >>> flow = Flow([ActNorm(2), AutoregressiveTransform(2), ActNorm(2)]).initialize(x_train[:4096])
+
+        Reference: Kingma & Dhariwal (2018), "Glow" (ActNorm's data-dependent initialisation).
+        """
+        where = f"{type(self).__name__}.initialize: "
+        check_input(x, self.input_dim, "x", where)
+        check_context(context, self.context_dim, where)
+        x = _in_flow_dtype(x, self._ref.dtype, "x", where)
+        if context is not None:
+            context = _in_flow_dtype(context, self._ref.dtype, "context", where)
+        first = next((i for i, t in enumerate(self.transforms) if t.requires_initialization), len(self.transforms))
+        for t in reversed(list(self.transforms)[first:]):
+            t.initialize(x, "inverse")
+            x, _ = t._inverse_ld(x, context if t.context_dim else None)
+        return self
 
     def config(self) -> dict:
         """JSON-able configuration from which :func:`pyroflows.load` rebuilds the flow."""
@@ -94,6 +130,20 @@ def base_log_prob(flow: Flow, z: Tensor) -> Tensor:
     if flow.base is not None:
         return flow.base.log_prob(z)
     return -0.5 * (z * z).sum(-1) - flow.input_dim * _HALF_LOG_2PI
+
+
+def _in_flow_dtype(x: Tensor, dtype: torch.dtype, name: str, where: str) -> Tensor:
+    """``x`` in the flow's dtype when that loses nothing (integers, bool, lower-precision floats: torch's type
+    promotion gives the flow's dtype); a ``TypeError`` naming both fixes when it would round (float64 data for a
+    float32 flow), as ``torch.nn.Linear`` refuses it too, instead of its bare ``mat1 and mat2`` message."""
+    if x.dtype == dtype:
+        return x
+    if torch.promote_types(x.dtype, dtype) == dtype:
+        return x.to(dtype)
+    cast = {torch.float32: "float()", torch.float64: "double()", torch.float16: "half()"}.get(dtype, f"to({dtype})")
+    grow = {torch.float64: "double()", torch.float32: "float()"}.get(x.dtype, f"to({x.dtype})")
+    raise TypeError(f"{where}{name} is {x.dtype} but the flow computes in {dtype}: call flow.{grow} to compute in "
+                    f"{x.dtype}, or pass {name}.{cast} (rounds {name} to {dtype})")
 
 
 class FlowDistribution(TorchDistribution):
@@ -120,7 +170,14 @@ class FlowDistribution(TorchDistribution):
         ctx_batch = torch.Size(context.shape[:-1]) if context is not None else torch.Size()
         batch_shape = ctx_batch if batch_shape is None else torch.Size(batch_shape)
         if context is not None and batch_shape != ctx_batch:
-            context = context.expand(batch_shape + context.shape[-1:])
+            try:
+                context = context.expand(batch_shape + context.shape[-1:])
+            except RuntimeError:
+                raise ValueError(
+                    f"{type(flow).__name__}: cannot expand the distribution to batch shape {tuple(batch_shape)}: its "
+                    f"context has batch shape {tuple(ctx_batch)} (context shape {tuple(context.shape)}). Pass one "
+                    f"context row per draw (a context of shape {tuple(batch_shape) + (context.shape[-1],)}, e.g. "
+                    f"one per element of the pyro.plate), or a single context row to share") from None
         self.context = context
         self._own_sample: tuple | None = None  # (sample, its version, log_prob, parameter versions, grad mode)
         super().__init__(batch_shape, torch.Size([flow.input_dim]), validate_args=False)
@@ -173,12 +230,29 @@ class FlowDistribution(TorchDistribution):
         reused = self._reuse(value)
         if reused is not None:
             return reused
-        check_input(value, self.flow.input_dim, "value", f"{type(self.flow).__name__}.log_prob: ")
+        where = f"{type(self.flow).__name__}.log_prob: "
+        check_input(value, self.flow.input_dim, "value", where)
+        value = _in_flow_dtype(value, self.flow._ref.dtype, "value", where)
+        if self.context is not None:
+            self._check_batch(value, where)
         z, ladj = chain_inverse(list(self.flow.transforms), value, self.context)
         lp = self._base_log_prob(z) + ladj
         if self.batch_shape:
             lp = lp.expand(torch.broadcast_shapes(lp.shape, self.batch_shape))
         return lp
+
+    def _check_batch(self, value: Tensor, where: str) -> None:
+        """A ``ValueError`` naming both shapes and the fix when ``value``'s batch shape and the context's do not
+        broadcast (instead of a bare size mismatch from inside a conditioner)."""
+        try:
+            torch.broadcast_shapes(value.shape[:-1], self.batch_shape)
+        except RuntimeError:
+            ctx = tuple(self.context.shape)
+            raise ValueError(
+                f"{where}value has batch shape {tuple(value.shape[:-1])} (shape {tuple(value.shape)}) but the context "
+                f"has batch shape {tuple(self.batch_shape)} (shape {ctx}), and the two do not broadcast: pass one "
+                f"context row per row of value (a context of shape {tuple(value.shape[:-1]) + ctx[-1:]}), or a single "
+                f"context row of shape (1, {ctx[-1]}) to share") from None
 
     def expand(self, batch_shape: torch.Size, _instance: Any = None) -> FlowDistribution:
         batch_shape = torch.Size(batch_shape)

@@ -43,6 +43,8 @@ def bisect_increasing(
     lo, hi = lo.clone(), hi.clone()
     tol = default_tol(target.dtype) if tol is None else tol
     width = (hi - lo).abs().clamp_min(1.0)
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return _bisect_traced(fn, target, lo, hi, width, tol)
     for _ in range(max_expand):
         below = fn(lo) > target
         above = fn(hi) < target
@@ -61,6 +63,34 @@ def bisect_increasing(
         if bool(((hi - lo) <= tol * (1 + mid.abs())).all()):
             break
     return 0.5 * (lo + hi)
+
+
+#: Fixed iteration counts of the traced solve: doublings of the bracket (it then spans 2^20 times its initial width),
+#: and bisection steps, enough to narrow such a bracket of a width up to 2^30 below the dtype's tolerance.
+_TRACED_EXPAND = 20
+_TRACED_BISECT = {torch.float64: 96, torch.float32: 60, torch.float16: 40, torch.bfloat16: 40}
+
+
+def _bisect_traced(fn: Callable[[Tensor], Tensor], target: Tensor, lo: Tensor, hi: Tensor, width: Tensor,
+                   tol: float) -> Tensor:
+    """:func:`bisect_increasing` for ``torch.compile``, ``torch.export`` and ``torch.jit.trace``: the same steps with
+    fixed iteration counts and no data-dependent branch (a trace cannot hold one). An entry whose root was not
+    bracketed, or whose bracket did not narrow to ``tol``, comes back NaN rather than wrong."""
+    for _ in range(_TRACED_EXPAND):
+        below = fn(lo) > target
+        above = fn(hi) < target
+        lo = torch.where(below, lo - width, lo)
+        hi = torch.where(above, hi + width, hi)
+        width = torch.where(below | above, width * 2, width)
+    bracketed = (fn(lo) <= target) & (fn(hi) >= target)
+    for _ in range(_TRACED_BISECT.get(target.dtype, 96)):
+        mid = 0.5 * (lo + hi)
+        go_right = fn(mid) < target
+        lo = torch.where(go_right, mid, lo)
+        hi = torch.where(go_right, hi, mid)
+    mid = 0.5 * (lo + hi)
+    converged = bracketed & ((hi - lo) <= tol * (1 + mid.abs()))
+    return torch.where(converged, mid, torch.full_like(mid, float("nan")))
 
 
 def newton_polish(fn_and_deriv: Callable[[Tensor], tuple[Tensor, Tensor]], x: Tensor, target: Tensor) -> Tensor:

@@ -31,7 +31,6 @@ to ``[0, 1]`` in value only; values and gradients stay finite for inputs far out
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -101,11 +100,13 @@ class _BinParams(torch.autograd.Function):
         return g.view((ctx.num_params,) + ctx.shape), None, None, None
 
 
-@functools.lru_cache(maxsize=64)
 def _constants(k: int, bound: float, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
     """Parameter-free tensors of a spline: the lower-triangular ones ``(K, K)`` (cumulative sums as a matmul, much
-    faster than ``cumsum`` along a middle axis on CPU), the interior knot offsets ``c_1..c_{K-1}`` and the two ends."""
-    with torch.inference_mode(False), torch.no_grad():
+    faster than ``cumsum`` along a middle axis on CPU), the interior knot offsets ``c_1..c_{K-1}`` and the two ends.
+
+    Made anew on every call (a few small tensors): a cache would outlive the call, and under ``torch.export`` or
+    ``torch.compile`` it would keep the trace's fake tensors for later plain calls."""
+    with torch.no_grad():
         tri = torch.ones(k, k, dtype=dtype, device=device).tril_()
         offsets = _knot_offsets(k, bound, tri)[1:-1].view(1, k - 1, 1).contiguous()
         ends = torch.tensor([-bound, bound], dtype=dtype, device=device).view(1, 2, 1)

@@ -16,8 +16,7 @@ from torch import nn
 from .._checks import validation_enabled
 from ..flows import recipes
 from ..flows.core import Flow, FlowDistribution
-from ..functional.affine import MIN_SCALE, affine_scale_inverse
-from ..nn.mlp import get_activation
+from ..functional.affine import MIN_SCALE
 from ..transforms.linear import DiagonalAffine
 from .autoguide import _recipe_arguments
 
@@ -46,43 +45,6 @@ _AUTOREGRESSIVE = {"iaf", "spline_iaf", "maf"}
 _DEFAULT_HIDDEN_MIN = 64
 _DEFAULT_HIDDEN_PER_DIM = 4
 _SET_BY_ENCODER = {"input_dim", "context_dim"}
-
-
-class FeatureMLP(nn.Module):
-    """A feature network for :class:`FlowEncoder`: ``h = σ(W_L … σ(W_1 x + b_1) … + b_L)``, an MLP whose every layer,
-    the last included, is followed by the activation.
-
-    Args:
-        in_features: size of ``x`` (its last axis).
-        hidden_dims: widths of the layers; the last one is the feature size (``out_features``).
-        activation: one of ``relu``, ``elu``, ``tanh``, ``gelu``, ``silu``.
-
-    Example:
-        >>> net = FeatureMLP(784, (300, 300))     # features of size 300; FlowEncoder reads net.out_features
-        >>> net(torch.rand(5, 784)).shape
-        torch.Size([5, 300])
-
-    Parameters are named ``layers.{i}.weight`` / ``layers.{i}.bias`` (as numpyroflows' ``FeatureMLP``).
-    """
-
-    def __init__(self, in_features: int, hidden_dims: Sequence[int] = (300, 300), activation: str = "relu") -> None:
-        super().__init__()
-        widths = (int(in_features),) + tuple(int(h) for h in hidden_dims)
-        if len(widths) < 2 or min(widths) < 1:
-            raise ValueError(f"FeatureMLP needs in_features >= 1 and at least one hidden width >= 1, got "
-                             f"in_features={in_features}, hidden_dims={tuple(hidden_dims)}")
-        self.in_features, self.out_features = widths[0], widths[-1]
-        self.activation = activation
-        self._act = get_activation(activation)
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
-
-    def forward(self, x: Tensor) -> Tensor:
-        for layer in self.layers:
-            x = self._act(layer(x))
-        return x
-
-    def extra_repr(self) -> str:
-        return f"activation={self.activation!r}"
 
 
 class FlowEncoder(nn.Module):
@@ -167,8 +129,8 @@ class FlowEncoder(nn.Module):
         self.latent_dim, self.feature_dim = latent_dim, feature_dim
         self.flow_name = flow if isinstance(flow, str) else getattr(flow, "__name__", type(flow).__name__)
         layers = _flow_layers(flow, latent_dim, feature_dim, num_transforms, hidden_dims, flow_kwargs)
-        gaussian = DiagonalAffine(latent_dim, feature_dim, hidden_dims=())
-        _init_gaussian(gaussian, latent_dim, feature_dim, float(init_scale))
+        gaussian = DiagonalAffine(latent_dim, feature_dim, hidden_dims=(), scale=float(init_scale))
+        _init_mean_rows(gaussian, latent_dim, feature_dim)
         self.flow = Flow([gaussian, *layers])
         self._in_features = getattr(net, "in_features", None)
 
@@ -259,10 +221,9 @@ def _flow_layers(flow: str | Callable, latent_dim: int, feature_dim: int, num_tr
 
 
 @torch.no_grad()
-def _init_gaussian(gaussian: DiagonalAffine, latent_dim: int, feature_dim: int, init_scale: float) -> None:
-    """Mean rows of the Gaussian's linear head: ``nn.Linear``'s default (uniform in ``±1/sqrt(feature_dim)``, bias
-    0); scale rows: near-zero weights (as the head starts) and the bias giving ``σ = init_scale``."""
-    layer = gaussian.head.net.context_layer
+def _init_mean_rows(gaussian: DiagonalAffine, latent_dim: int, feature_dim: int) -> None:
+    """The weights of the mean rows of the Gaussian's linear head: ``nn.Linear``'s default, uniform in
+    ``±1/sqrt(feature_dim)``, so that ``q`` depends on ``x`` from the start (the constructor gave the biases: mean 0,
+    scale ``init_scale``; the scale rows keep their near-zero weights)."""
     bound = 1.0 / math.sqrt(feature_dim)
-    layer.weight[:latent_dim].uniform_(-bound, bound)
-    layer.bias[latent_dim:] = float(affine_scale_inverse(torch.tensor(float(init_scale), dtype=torch.float64)))
+    gaussian.head.net.context_layer.weight[:latent_dim].uniform_(-bound, bound)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from pyro.distributions.conditional import ConditionalTransform
 from pyro.distributions.torch_transform import TransformModule
+from pyro.nn import PyroModule
 from torch import nn
 from torch.distributions import Transform, constraints
 
@@ -79,7 +80,7 @@ class _FusedTransform:
         return self.forward_and_log_det(x)[1]
 
 
-class FlowTransform(_FusedTransform, TransformModule, ConditionalTransform):
+class FlowTransform(_FusedTransform, TransformModule):
     """A bijection ``y = T(x)`` on ``R^input_dim`` with learnable parameters and an optional context.
 
     Subclasses implement ``_forward_ld(x, context)`` and ``_inverse_ld(y, context)``, each returning the output
@@ -92,7 +93,8 @@ class FlowTransform(_FusedTransform, TransformModule, ConditionalTransform):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        TRANSFORMS[cls.__name__] = cls
+        if not issubclass(cls, PyroModule):  # pyro.nn.module.to_pyro_module_ mixes PyroModule into a class copy
+            TRANSFORMS[cls.__name__] = cls
         record_init_arguments(cls)
 
     def __init__(self, input_dim: int, context_dim: int = 0) -> None:
@@ -110,6 +112,21 @@ class FlowTransform(_FusedTransform, TransformModule, ConditionalTransform):
 
     def _inverse_ld(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
+
+    # ----------------------------------------------------------------- data-dependent initialisation
+    @property
+    def requires_initialization(self) -> bool:
+        """Whether the transform still waits for its data-dependent initialisation (:meth:`initialize`); always
+        False for transforms without one."""
+        return False
+
+    def initialize(self, v: Tensor, direction: str = "forward") -> FlowTransform:
+        """Data-dependent initialisation from a batch: ``v`` is an input ``x`` (``direction="forward"``) or an output
+        ``y`` (``"inverse"``). Nothing to do here (:class:`~pyroflows.transforms.ActNorm` overrides it); returns the
+        transform. :meth:`pyroflows.flows.Flow.initialize` calls it for every transform of a flow."""
+        if direction not in ("forward", "inverse"):
+            raise ValueError(f"direction must be 'forward' or 'inverse', got {direction!r}")
+        return self
 
     # ----------------------------------------------------------------- public API
     def forward_and_log_det(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -149,6 +166,11 @@ class FlowTransform(_FusedTransform, TransformModule, ConditionalTransform):
 
     def extra_repr(self) -> str:
         return f"input_dim={self.input_dim}, context_dim={self.context_dim}"
+
+
+# A virtual subclass rather than a base: Pyro's ConditionalTransform is an ABC, and its ABCMeta would clash with
+# PyroModule's metaclass in pyro.nn.module.to_pyro_module_ (isinstance checks in Pyro still pass).
+ConditionalTransform.register(FlowTransform)
 
 
 class ConditionedTransform(_FusedTransform, Transform):
@@ -226,17 +248,10 @@ def chain_inverse(parts: list[FlowTransform], y: Tensor, context: Tensor | None)
 
 def from_config(config: dict) -> FlowTransform:
     """Rebuild a transform (with fresh parameters) from :meth:`FlowTransform.config`."""
-    from .transformers import make_transformer
-
-    def revive(v: Any) -> Any:
-        if isinstance(v, dict) and "__transformer__" in v:
-            return make_transformer(v["__transformer__"])
-        if isinstance(v, list):
-            return [revive(a) for a in v]
-        return v
+    from .transformers import revive_transformers
 
     try:
         cls = TRANSFORMS[config["type"]]
     except KeyError:
         raise ValueError(f"unknown transform type {config.get('type')!r} in saved configuration") from None
-    return cls(**{k: revive(v) for k, v in config["kwargs"].items()})
+    return cls(**{k: revive_transformers(v) for k, v in config["kwargs"].items()})

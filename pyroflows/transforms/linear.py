@@ -275,8 +275,8 @@ class ActNorm(FlowTransform):
     """Activation normalisation: ``y = loc + scale ⊙ x`` with data-dependent initialisation.
 
     ``scale = exp(log_scale)``; ``log|det| = Σ log_scale``. The first call in either direction while the layer is
-    not initialised sets ``loc`` and ``scale`` (detached batch statistics over all batch dimensions) so that the
-    output of that very call has zero mean and unit variance per dimension: forward ``scale = 1/std(x)``,
+    not initialised sets ``loc`` and ``scale`` (:meth:`initialize`: detached batch statistics over all batch dimensions)
+    so that the output of that very call has zero mean and unit variance per dimension: forward ``scale = 1/std(x)``,
     ``loc = -mean(x)/std(x)``; inverse ``loc = mean(y)``, ``scale = std(y)``. Dimensions with zero spread (e.g. a
     single sample) keep ``scale = 1``. With a context, the output bias of the context network is set (the network
     output then starts close to these values).
@@ -313,18 +313,29 @@ class ActNorm(FlowTransform):
         self.initialized.zero_()
         self._init_seen = False
 
+    @property
+    def requires_initialization(self) -> bool:
+        """True until the layer has set ``loc``/``scale`` from data (its flag ``initialized`` is 0)."""
+        return not (self._init_seen or bool(self.initialized))
+
     @torch.no_grad()
-    def _maybe_initialize(self, v: Tensor, forward: bool) -> None:
-        if self._init_seen:
-            return
-        if bool(self.initialized):
+    def initialize(self, v: Tensor, direction: str = "forward") -> ActNorm:
+        """Set ``loc`` and ``scale`` from a batch so that this very batch comes out with zero mean and unit variance
+        per dimension: ``direction="forward"`` (``v`` is an input ``x``): ``scale = 1/std(x)``,
+        ``loc = -mean(x)/std(x)``; ``"inverse"`` (``v`` is an output ``y``): ``loc = mean(y)``, ``scale = std(y)``.
+        Statistics over all batch dimensions, without gradient; dimensions with zero or non-finite spread keep
+        ``scale = 1``. With a context the output bias of the context network is set. A layer already initialised is
+        left as it is (see :meth:`reset_initialization`). Returns the layer (changed in place)."""
+        if direction not in ("forward", "inverse"):
+            raise ValueError(f"direction must be 'forward' or 'inverse', got {direction!r}")
+        if not self.requires_initialization:
             self._init_seen = True
-            return
+            return self
         flat = v.detach().reshape(-1, self.input_dim)
         mean = flat.mean(0)
         std = flat.std(0, correction=0)
         std = torch.where((std > 0) & torch.isfinite(std), std, torch.ones_like(std))
-        if forward:
+        if direction == "forward":
             loc, log_scale = -mean / std, -torch.log(std)
         else:
             loc, log_scale = mean, torch.log(std)
@@ -332,6 +343,11 @@ class ActNorm(FlowTransform):
         self.head.set_value("log_scale", log_scale)
         self.initialized.fill_(1)
         self._init_seen = True
+        return self
+
+    def _maybe_initialize(self, v: Tensor, forward: bool) -> None:
+        if not self._init_seen:  # the host-side flag: no device sync once initialised
+            self.initialize(v, "forward" if forward else "inverse")
 
     def _forward_ld(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         self._maybe_initialize(x, forward=True)

@@ -168,6 +168,23 @@ def make_transformer(spec: str | dict | Transformer, **kwargs: Any) -> Transform
     return cls(**{k: v for k, v in kwargs.items() if k in accepted and v is not None})
 
 
+def revive_transformers(value: Any) -> Any:
+    """A saved configuration value with every transformer in it rebuilt: ``{"__transformer__": spec}`` (how
+    :meth:`Transformer.spec` is stored in a flow's JSON configuration) becomes :func:`make_transformer` ``(spec)``,
+    lists are revived element by element, anything else is returned as it is. The one decoder of saved transformer
+    specs, used by :func:`~pyroflows.transforms.from_config` and :func:`pyroflows.io.flow_from_config`.
+
+    Example:
+        >>> revive_transformers([{"__transformer__": {"name": "affine", "scale": "softplus"}}, 3])
+        [Affine(scale='softplus'), 3]
+    """
+    if isinstance(value, dict) and "__transformer__" in value:
+        return make_transformer(value["__transformer__"])
+    if isinstance(value, list):
+        return [revive_transformers(v) for v in value]
+    return value
+
+
 class MonotoneBSpline(Transformer):
     """Monotone uniform quadratic B-spline on ``[-bound, bound]`` with ``count_bins`` intervals, strictly increasing
     coefficients and C¹ linear tails (see :mod:`pyroflows.functional.bspline`). Closed-form inverse.
