@@ -142,6 +142,17 @@ class MADE(nn.Module):
         rows = slice(dim, None, d)  # units p·D + dim
         return F.linear(h, w[rows], b[rows]).unsqueeze(-2)
 
+    @torch.no_grad()
+    def zero_output_(self) -> MADE:
+        """Set the output weights ``W_L`` to zero, in place, and return the MADE.
+
+        The MADE then computes its output bias ``b_L`` for every input and context: a flow layer built with the
+        transformer's identity parameters as that bias is then exactly the identity, and training moves ``W_L``
+        first (as Glow's zero-initialised last layers, Kingma & Dhariwal 2018)."""
+        stop = sum(self._sizes[:-1])  # flat layout [W_1, b_1, ..., W_L, b_L]
+        self.flat[stop - self._sizes[-2]: stop] = 0.0
+        return self
+
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         layers = self.layers()
         return self.output(self.hidden(x, context, layers), layers=layers)

@@ -27,11 +27,9 @@ def output_init_bound(output_init: float | str, fan_in: int) -> float:
 
     Which to choose: a guide (:class:`~pyroflows.infer.AutoFlowGuide`) or a VAE encoder should start at its base
     distribution, so keep the small default. For density estimation by maximum likelihood neither start wins
-    everywhere (``benchmarks/density.py``, ``benchmarks/RESULTS.md``). ``"fan_in"`` trains the hidden layers from the
-    first step (with output weights near zero their gradient starts over 100 times smaller) and raised the affine
-    MAF's held-out log-likelihood on the rings toy by 0.027 nats in both packages; but the identity start fitted the
-    spline flow (NSF) better, by 0.06-0.07 nats on rings and 0.04-0.055 bits/dim on 64-d digits. So the default
-    stays everywhere; ``"fan_in"`` is worth trying for affine autoregressive flows.
+    everywhere: ``"fan_in"`` trains the hidden layers from the first step (with output weights near zero their
+    gradient starts over 100 times smaller), which can help affine autoregressive flows, while spline flows fit
+    better from the identity start.
     """
     if isinstance(output_init, str):
         if output_init == "fan_in":
@@ -119,6 +117,19 @@ class MLP(nn.Module):
                 if not len(self.layers) and self.input_layer is not None and self.context_layer is not None:
                     a = output_init_bound(output_init, context_dim)  # the context also feeds the output directly
                     self.context_layer.weight.uniform_(-a, a)
+
+    @torch.no_grad()
+    def zero_output_(self) -> MLP:
+        """Set the weights of the output layer to zero, in place, and return the MLP: it then computes its output bias
+        for every input and context (without hidden layers, the input and context weights are the output layer).
+        As Glow's zero-initialised last layers (Kingma & Dhariwal 2018), training moves these weights first."""
+        if self._has_hidden:
+            self.layers[-1].weight.zero_()
+        else:
+            for layer in (self.input_layer, self.context_layer):
+                if layer is not None:
+                    layer.weight.zero_()
+        return self
 
     def forward(self, x: Tensor | None = None, context: Tensor | None = None) -> Tensor:
         h = None
