@@ -17,7 +17,7 @@ import itertools
 
 import pytest
 import torch
-from catalogue import CATALOGUE, CONDITIONAL, NAMES, build
+from catalogue import CATALOGUE, NAMES, build, context_dims, to_support, torch_backend
 
 import pyroflows
 
@@ -28,13 +28,13 @@ pytestmark = [
 
 DEVICE = torch.device("cuda")
 TOL = {"atol": 1e-8, "rtol": 1e-8}
-CASES = [pytest.param(n, c, id=f"{n}-ctx{c}") for n in NAMES for c in (0, 2) if c == 0 or n in CONDITIONAL]
+CASES = [pytest.param(n, c, id=f"{n}-ctx{c}") for n in NAMES for c in context_dims(n)]
 
 
-def _inputs(context_dim: int, n: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Data-side points, base-side points and a context (or None), on the CPU, float64."""
+def _inputs(name: str, context_dim: int, n: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Data-side points (in the entry's support), base-side points and a context (or None), on the CPU, float64."""
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(n, 3, generator=g, dtype=torch.float64) * 2
+    x = to_support(name, torch.randn(n, 3, generator=g, dtype=torch.float64) * 2)
     z = torch.randn(n, 3, generator=g, dtype=torch.float64)
     ctx = torch.randn(n, context_dim, generator=g, dtype=torch.float64) if context_dim else None
     return x, z, ctx
@@ -49,8 +49,8 @@ def _assert_on(flow: torch.nn.Module, device: torch.device) -> None:
         assert t.device.type == device.type, f"{name} is on {t.device}, not {device}"
 
 
-def _assert_gpu_matches_cpu(flow_gpu: pyroflows.Flow, flow_cpu: pyroflows.Flow, context_dim: int) -> None:
-    x, z, ctx = _inputs(context_dim)
+def _assert_gpu_matches_cpu(name: str, flow_gpu: pyroflows.Flow, flow_cpu: pyroflows.Flow, context_dim: int) -> None:
+    x, z, ctx = _inputs(name, context_dim)
     xg, zg, cg = x.to(DEVICE), z.to(DEVICE), _to(ctx, DEVICE)
     batch = (16,) if context_dim else ()
 
@@ -87,7 +87,7 @@ def test_built_on_cpu_then_moved_to_cuda(name, context_dim):
     flow_cpu = build(name, 3, context_dim)
     flow_gpu = build(name, 3, context_dim).to(DEVICE)  # build() is seeded: the same flow twice
     _assert_on(flow_gpu, DEVICE)
-    _assert_gpu_matches_cpu(flow_gpu, flow_cpu, context_dim)
+    _assert_gpu_matches_cpu(name, flow_gpu, flow_cpu, context_dim)
 
 
 # LULinear, RandomPermutation and random coupling masks draw their permutation with a seeded CPU generator on the
@@ -99,12 +99,11 @@ DEFAULT_DEVICE_CASES = CASES
 @pytest.mark.parametrize("name,context_dim", DEFAULT_DEVICE_CASES)
 def test_built_under_default_device_cuda(name, context_dim):
     flow_cpu = build(name, 3, context_dim)
-    factory, _ = CATALOGUE[name]
     previous = torch.get_default_device()
     torch.set_default_device(DEVICE)
     try:
-        torch.manual_seed(0)
-        flow_gpu = factory(3, context_dim)  # every tensor made at construction must follow the default device
+        # every tensor made at construction must follow the default device (seeded as build() seeds it)
+        flow_gpu = torch_backend().build(CATALOGUE[name], 3, context_dim)
     finally:
         torch.set_default_device(previous)
     assert torch.get_default_device() == previous
@@ -114,13 +113,13 @@ def test_built_under_default_device_cuda(name, context_dim):
     flow_gpu = flow_gpu.double()
     flow_gpu.load_state_dict(flow_cpu.state_dict())
     _assert_on(flow_gpu, DEVICE)
-    _assert_gpu_matches_cpu(flow_gpu, flow_cpu, context_dim)
+    _assert_gpu_matches_cpu(name, flow_gpu, flow_cpu, context_dim)
 
 
 @pytest.mark.parametrize("name,context_dim", CASES)
 def test_cuda_flow_with_cpu_inputs_raises_torchs_device_error(name, context_dim):
     flow = build(name, 3, context_dim).to(DEVICE)
-    x, z, ctx = _inputs(context_dim)
+    x, z, ctx = _inputs(name, context_dim)
     device_error = r"(?i)device|cuda|cpu"
     with pytest.raises(RuntimeError, match=device_error):
         flow(_to(ctx, DEVICE)).log_prob(x)  # CPU data
@@ -133,7 +132,7 @@ def test_cuda_flow_with_cpu_inputs_raises_torchs_device_error(name, context_dim)
 
 @pytest.mark.parametrize("name", NAMES)
 def test_saved_on_cuda_loads_on_cpu(name, tmp_path):
-    context_dim = 2 if name in CONDITIONAL else 0
+    context_dim = max(context_dims(name))
     flow_gpu = build(name, 3, context_dim).to(DEVICE)
     path = tmp_path / "flow.pt"
     pyroflows.save(flow_gpu, path)
@@ -141,7 +140,7 @@ def test_saved_on_cuda_loads_on_cpu(name, tmp_path):
     assert type(loaded) is type(flow_gpu)
     _assert_on(loaded, torch.device("cpu"))
     assert all(p.dtype == torch.float64 for p in loaded.parameters())
-    x, z, ctx = _inputs(context_dim)
+    x, z, ctx = _inputs(name, context_dim)
     with torch.no_grad():
         torch.testing.assert_close(loaded(ctx).log_prob(x), flow_gpu(_to(ctx, DEVICE)).log_prob(x.to(DEVICE)).cpu(),
                                    **TOL)

@@ -2,11 +2,11 @@
 
 * every catalogue flow built under ``jax.default_device(gpu)`` has its parameters on the GPU, equal to those it gets
   when built on the CPU with the same key;
-* every flow of the numpyroflows catalogue (``test_numpyroflows_catalogue.CATALOGUE``, float64, perturbed parameters,
-  with and without a context), its parameters placed on the GPU with ``jax.device_put``: ``log_prob``, the forward
-  map and the inverse of fresh data with their log-determinants, ``sample`` and ``sample_and_log_prob`` (the same
-  key draws the same points on both backends: JAX's threefry generator is backend-independent) and the gradient of
-  the log-density with respect to every parameter all come back on the GPU and equal the CPU results;
+* every flow of the catalogue (``tests/catalogue.py``, built in numpyroflows: float64, perturbed parameters, with and
+  without a context where it takes one), its parameters placed on the GPU with ``jax.device_put``: ``log_prob``, the
+  forward map and the inverse of fresh data with their log-determinants, ``sample`` and ``sample_and_log_prob`` (the
+  same key draws the same points on both backends: JAX's threefry generator is backend-independent) and the gradient
+  of the log-density with respect to every parameter all come back on the GPU and equal the CPU results;
 * :class:`numpyroflows.infer.AutoFlowGuide`: jitted SVI steps with the data on the GPU keep every parameter on the
   GPU, lower the loss, and follow the CPU run step for step (losses, median and posterior draws);
 * sampling 2^20 points (float32, MAF / NSF / IAF with the benchmark's size) on the GPU returns finite values on the
@@ -17,9 +17,9 @@
   the GPU and equal the CPU results.
 
 Precision: float64 runs inside ``jax.enable_x64(True)`` and float32 inside ``jax.enable_x64(False)``, scoped per test.
-(Importing the catalogue module switches x64 on globally, as that module does for itself.) GPU and CPU differ in
-their transcendental functions by an ulp or so, and the numerical inverses (planar, radial, Sylvester, BNAF) stop
-within their tolerance (1e-12 relative in float64), amplified by the following layers: hence 1e-7 rather than 1e-12.
+GPU and CPU differ in their transcendental functions by an ulp or so, and the numerical inverses (planar, radial,
+Sylvester, BNAF) stop within their tolerance (1e-12 relative in float64), amplified by the following layers: hence
+1e-7 rather than 1e-12.
 
 Marked ``gpu``; skipped, with the reason shown by ``pytest -rs``, where JAX has no GPU backend.
 """
@@ -33,9 +33,10 @@ jax = pytest.importorskip("jax", reason="numpyroflows needs JAX (installed by `m
 import jax.numpy as jnp  # noqa: E402
 import numpyro  # noqa: E402
 import numpyro.distributions as dist  # noqa: E402
+from catalogue import CATALOGUE, NAMES, context_dims, jax_backend, to_support  # noqa: E402
+from catalogue import build_jax as build  # noqa: E402
 from numpyro.infer import SVI, Trace_ELBO  # noqa: E402
 from test_encoder_numpyro import X_DIM, _encoder, _perturbed  # noqa: E402
-from test_numpyroflows_catalogue import CATALOGUE, NAMES, build  # noqa: E402
 
 from numpyroflows import flows as F  # noqa: E402
 from numpyroflows.infer import ENCODER_FLOWS, AutoFlowGuide  # noqa: E402
@@ -58,7 +59,7 @@ pytestmark = [
 ]
 
 TOL = {"rtol": 1e-7, "atol": 1e-7}
-CASES = [pytest.param(n, c, id=f"{n}-ctx{c}") for n in NAMES for c in (0, 2)]
+CASES = [pytest.param(n, c, id=f"{n}-ctx{c}") for n in NAMES for c in context_dims(n)]
 
 
 def _assert_on(tree, device, what: str) -> None:
@@ -89,9 +90,10 @@ def _evaluate(flow, x, z, ctx, key):
             "log_prob_of_samples": d.log_prob(xs), "grad": grads.params}
 
 
-def _inputs(context_dim: int, n: int = 16) -> tuple:
+def _inputs(name: str, context_dim: int, n: int = 16) -> tuple:
+    """Data-side points (in the entry's support), base-side points, a context (or None) and a key."""
     rng = np.random.default_rng(1)
-    x = jnp.asarray(rng.normal(size=(n, 3)) * 2)
+    x = jnp.asarray(to_support(name, rng.normal(size=(n, 3)) * 2))
     z = jnp.asarray(rng.normal(size=(n, 3)))
     ctx = jnp.asarray(rng.normal(size=(n, context_dim))) if context_dim else None
     return x, z, ctx, jax.random.PRNGKey(3)
@@ -101,7 +103,7 @@ def _inputs(context_dim: int, n: int = 16) -> tuple:
 def test_catalogue_flow_on_gpu_matches_cpu(name, context_dim):
     with jax.enable_x64(True):
         flow = build(name, 3, context_dim)
-        inputs = _inputs(context_dim)
+        inputs = _inputs(name, context_dim)
         flow_gpu, inputs_gpu = jax.device_put((flow, inputs), GPU)
         _assert_on(flow_gpu.params, GPU, "parameter ")
         out_gpu = _evaluate(flow_gpu, *inputs_gpu)
@@ -128,7 +130,7 @@ def test_catalogue_flow_built_under_default_device(name):
         built = {}
         for device in (GPU, CPU):
             with jax.default_device(device):
-                built[device] = CATALOGUE[name](3, 2, jax.random.PRNGKey(0))
+                built[device] = jax_backend().build(CATALOGUE[name], 3, max(context_dims(name)))
             _assert_on(built[device].params, device, "parameter ")
         _assert_same(built[GPU].params, built[CPU].params, "initial parameter ")
 

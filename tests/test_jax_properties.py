@@ -15,8 +15,9 @@ floating-point neighbours:
 * gradients of the values and log-derivatives with respect to inputs and raw parameters are finite;
 * in float64 the autodiff derivative of the map equals ``exp(log-derivative)`` (a wrong gradient that is finite).
 
-Whole flows of every recipe (MAF-affine, NSF, IAF-spline, Coupling-spline, RealNVP, NICE, BNAF, Planar, Radial,
-Sylvester, Elementwise with each of affine, spline, bspline and mixture), 2-D, float64 and float32, parameters
+Whole flows of the catalogue (tests/catalogue.py), one per recipe and elementwise transformer (MAF, NSF, IAF-spline,
+Coupling-spline, Coupling-mixture, RealNVP, NICE, BNAF, Planar, Radial, Sylvester, Elementwise with each of affine,
+spline and bspline), 2-D, float64 and float32, parameters
 randomly perturbed (Gaussian noise of a drawn scale up to 3 added to every leaf of ``flow.params``, then
 ``flow.with_params``) and inputs up to ``±1e4`` (more than ``1e3 × bound``): samples ``T(z)`` and their ``log q``
 (the forward pass), ``log_prob(x)`` (the inverse pass) are finite, and so are their gradients with respect to every
@@ -41,8 +42,8 @@ from hypothesis import strategies as st
 
 jax = pytest.importorskip("jax", reason="numpyroflows needs JAX (installed by `make test`)")
 import jax.numpy as jnp  # noqa: E402
+from catalogue import CATALOGUE, jax_backend, perturb_jax  # noqa: E402
 
-from numpyroflows import flows as F  # noqa: E402
 from numpyroflows.functional import bspline as F_bs  # noqa: E402
 from numpyroflows.functional import mixture as F_mix  # noqa: E402
 from numpyroflows.functional import spline as F_rqs  # noqa: E402
@@ -284,51 +285,24 @@ def test_kernel_autodiff_derivative_equals_exp_log_derivative(name, rows, table)
 
 
 # ============================================================================================ whole flows
-H = (8,)
 DIM = 2
 N_POINTS = 4
-BUFFERS = ("perm", "inv_perm", "initialized")  # integer-valued buffers among the parameters: never perturbed
 
-#: name -> factory(key); tiny flows (2-D, one hidden layer of 8, one or two transforms)
-FLOWS = {
-    "MAF-affine": lambda k: F.MAF(DIM, 0, 2, H, transformer="affine", key=k),
-    "NSF": lambda k: F.NSF(DIM, 0, 2, H, count_bins=4, bound=BOUND, key=k),
-    "IAF-spline": lambda k: F.IAF(DIM, 0, 2, H, transformer="spline", count_bins=4, bound=BOUND, key=k),
-    "Coupling-spline": lambda k: F.Coupling(DIM, 0, 2, H, transformer="spline", count_bins=4, bound=BOUND, key=k),
-    "RealNVP": lambda k: F.RealNVP(DIM, 0, 2, H, key=k),
-    "NICE": lambda k: F.NICE(DIM, 0, 2, H, key=k),
-    "BNAF": lambda k: F.BNAF(DIM, 0, 1, hidden_factor=2, key=k),
-    "Planar": lambda k: F.Planar(DIM, 0, 2, H, key=k),
-    "Radial": lambda k: F.Radial(DIM, 0, 2, H, key=k),
-    "Sylvester": lambda k: F.Sylvester(DIM, 0, 2, H, key=k),
-    "Elementwise-affine": lambda k: F.Elementwise(DIM, 0, 1, H, transformer="affine", key=k),
-    "Elementwise-spline": lambda k: F.Elementwise(DIM, 0, 1, H, transformer="spline", count_bins=4, bound=BOUND,
-                                                  key=k),
-    "Elementwise-bspline": lambda k: F.Elementwise(DIM, 0, 1, H, transformer="bspline", count_bins=4, bound=BOUND,
-                                                   key=k),
-    "Elementwise-mixture": lambda k: F.Elementwise(DIM, 0, 1, H, transformer="mixture", count_bins=3, key=k),
-}
+#: catalogue entries, one per recipe and elementwise transformer (2-D, unconditional)
+FLOWS = ["MAF", "NSF", "IAF-spline", "Coupling-spline", "Coupling-mixture", "RealNVP", "NICE", "BNAF", "Planar",
+         "Radial", "Sylvester", "Elementwise-affine", "Elementwise-spline", "Elementwise-bspline"]
 
 
 @functools.cache
-def _base_params(name: str) -> tuple:
-    """The recipe's initial parameters as float64 numpy arrays (built once, with x64 on)."""
+def _base(name: str):
+    """The entry's flow with its initial parameters in float64 (built once, with x64 on)."""
     with _precision("float64"):
-        flow = FLOWS[name](jax.random.PRNGKey(0))
-        return flow, {k: np.asarray(v, dtype=np.float64) for k, v in flow.params.items()}
+        return jax_backend().build(CATALOGUE[name], DIM, 0)
 
 
 def _perturbed(name: str, dtype: str, scale: float, seed: int):
-    """The recipe with ``scale ·`` standard normal noise added to every parameter (not the buffers), in ``dtype``."""
-    flow, base = _base_params(name)
-    rng = np.random.default_rng(seed)
-    params = {}
-    for k in sorted(base):
-        v = base[k]
-        if k.split(".")[-1] not in BUFFERS:
-            v = v + scale * rng.standard_normal(v.shape)
-        params[k] = jnp.asarray(v.astype(dtype))
-    return flow.with_params(params)
+    """The entry with ``scale ·`` standard normal noise added to every parameter (not the buffers), in ``dtype``."""
+    return perturb_jax(_base(name), scale, seed, dtype)
 
 
 @jax.jit
@@ -369,7 +343,7 @@ _SCALE = st.one_of(st.sampled_from([0.0, 0.3, 1.0, 3.0]), st.floats(0.0, 3.0))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", list(FLOWS))
+@pytest.mark.parametrize("name", FLOWS)
 @SETTINGS
 @given(scale=_SCALE, seed=st.integers(0, 2**32 - 1), z=_POINTS, x=_POINTS)
 @example(scale=3.0, seed=0, z=[FAR_FLOW, -FAR_FLOW, FAR, BOUND] * DIM, x=[-FAR_FLOW, FAR_FLOW, -FAR, -BOUND] * DIM)

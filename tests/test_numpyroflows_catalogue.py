@@ -1,8 +1,13 @@
-"""The JAX counterpart of test_catalogue.py: one parametrized suite over every numpyroflows recipe and transform
-(shapes, exact inverses, log-determinants against autodiff Jacobians, normalisation, gradients, context, errors).
+"""The JAX counterpart of test_catalogue.py: every entry of the catalogue (tests/catalogue.py), built in numpyroflows
+(perturbed parameters, ActNorms initialised from data), in 3-D with a context (without one if it takes none) and in
+2-D without: samples and their fused log-densities, round trips both ways (fresh points, some far outside the spline
+bounds), log-determinants against autodiff Jacobians, gradients reaching every parameter, a context changing the
+output, the 2-D density integrating to 1, and save/load; plus shapes, float32 round trips and errors.
 
-Every function under test is jitted once at module level and takes the flow as an argument (a flow is a pytree), so
-each flow compiles once per test."""
+Compiling is what costs (1-3 s per flow and function on 2 CPU cores): every function under test is jitted once at
+module level and takes the flow as an argument (a flow is a pytree), and each (entry, dimensions) is one test that
+runs all its checks (as subtests) on one compiled "battery", so that the two xdist workers never compile the same
+flow twice. Calling the battery again with other parameter values, or on the flow read back by ``load``, reuses it."""
 
 from __future__ import annotations
 
@@ -15,67 +20,15 @@ import pytest
 jax = pytest.importorskip("jax", reason="numpyroflows needs JAX (installed by `make test`)")
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
+from catalogue import BUFFERS, CATALOGUE, NAMES, H, grid_2d, to_support  # noqa: E402
+from catalogue import build_jax as build  # noqa: E402
 
 import numpyroflows  # noqa: E402
 from numpyroflows import flows as F  # noqa: E402
-from numpyroflows import transforms as T  # noqa: E402
-
-H = (8, 8)
-#: integer-valued buffers kept (as floats) among the parameters: never perturbed, no gradient expected
-BUFFERS = ("perm", "inv_perm", "initialized")
 
 
 def _key(i: int = 0):
     return jax.random.PRNGKey(i)
-
-
-#: name -> factory(input_dim, context_dim, key) -> Flow; every recipe takes a context
-CATALOGUE = {
-    "MAF": lambda d, c, k: F.MAF(d, c, num_transforms=2, hidden_dims=H, key=k),
-    "MAF-softplus": lambda d, c, k: F.MAF(d, c, 2, H, transformer={"name": "affine", "scale": "softplus"}, key=k),
-    "MAF-randperm": lambda d, c, k: F.MAF(d, c, num_transforms=3, hidden_dims=H, randperm=True, key=k),
-    "IAF": lambda d, c, k: F.IAF(d, c, num_transforms=2, hidden_dims=H, key=k),
-    "NSF": lambda d, c, k: F.NSF(d, c, num_transforms=2, hidden_dims=H, count_bins=5, bound=3.0, key=k),
-    "Coupling-spline": lambda d, c, k: F.Coupling(d, c, 2, H, transformer="spline", count_bins=5, bound=3.0, key=k),
-    "Coupling-mixture": lambda d, c, k: F.Coupling(d, c, 2, H, transformer="mixture", mask="alternating",
-                                                   count_bins=3, key=k),
-    "RealNVP": lambda d, c, k: F.RealNVP(d, c, num_transforms=2, hidden_dims=H, key=k),
-    "NICE": lambda d, c, k: F.NICE(d, c, num_transforms=2, hidden_dims=H, key=k),
-    "Elementwise-bspline": lambda d, c, k: F.Elementwise(d, c, 1, H, transformer="bspline", bound=3.0, key=k),
-    "Elementwise-affine": lambda d, c, k: F.Elementwise(d, c, 1, H, transformer="affine", key=k),
-    "BNAF": lambda d, c, k: F.BNAF(d, c, num_transforms=2, hidden_factor=4, key=k),
-    "Planar": lambda d, c, k: F.Planar(d, c, num_transforms=2, hidden_dims=H, key=k),
-    "Radial": lambda d, c, k: F.Radial(d, c, num_transforms=2, hidden_dims=H, key=k),
-    "Sylvester": lambda d, c, k: F.Sylvester(d, c, num_transforms=2, hidden_dims=H, key=k),
-    "Sylvester-orthogonal": lambda d, c, k: F.Sylvester(d, c, 2, H, num_ortho=max(1, d - 1), q_type="orthogonal",
-                                                        key=k),
-    "LULinear": lambda d, c, k: numpyroflows.Flow([T.LULinear(d, c, H, key=k), T.ActNorm(d)]),
-    "Householder": lambda d, c, k: numpyroflows.Flow([T.Householder(d, c, H, count=2, key=k),
-                                                      T.DiagonalAffine(d, c, H, key=jax.random.fold_in(k, 1))]),
-    "LeakyReLU": lambda d, c, k: numpyroflows.Flow([
-        T.DiagonalAffine(d, c, H, key=k), T.LeakyReLU(d, c, H, key=jax.random.fold_in(k, 1)),
-        T.RandomPermutation(d, seed=1), T.LULinear(d, c, H, key=jax.random.fold_in(k, 2))]),
-    "ActNorm": lambda d, c, k: numpyroflows.Flow([T.ActNorm(d, c, H, key=k), T.ReversePermutation(d)]),
-}
-NAMES = list(CATALOGUE)
-
-
-@functools.cache
-def build(name: str, input_dim: int = 3, context_dim: int = 0, dtype: str = "float64", scale: float = 0.3,
-          seed: int = 0) -> numpyroflows.Flow:
-    """A small flow with ActNorm initialised from data and every parameter (not the buffers) perturbed."""
-    flow = CATALOGUE[name](input_dim, context_dim, _key(seed))
-    rng = np.random.default_rng(seed)
-    x = jnp.asarray(rng.normal(size=(64, input_dim)) * 1.5 + 0.5)
-    ctx = jnp.asarray(rng.normal(size=(64, context_dim))) if context_dim else None
-    flow = T.initialize_flow(flow, x, ctx)
-    params = {}
-    for k in sorted(flow.params):
-        v = np.asarray(flow.params[k], dtype=np.float64)
-        if k.split(".")[-1] not in BUFFERS:
-            v = v + scale * rng.normal(size=v.shape)
-        params[k] = jnp.asarray(v, dtype=dtype)
-    return flow.with_params(params)
 
 
 def _normal(seed: int, *shape: int, dtype=jnp.float64):
@@ -86,17 +39,16 @@ def _ctx(c: int, *batch: int, seed: int = 1, dtype=jnp.float64):
     return _normal(seed, *batch, c, dtype=dtype) if c else None
 
 
+def settings(name: str) -> list[tuple[int, int]]:
+    """``(input_dim, context_dim)`` an entry is checked in: 3-D with a context (if it takes one), and 2-D without one,
+    where its density is also integrated."""
+    return [(3, 2 if CATALOGUE[name].takes_context else 0), (2, 0)]
+
+
+CASES = [(n, d, c) for n in NAMES for d, c in settings(n)]
+
+
 # ------------------------------------------------------------------------------------------------- jitted functions
-# Compiling is what costs (1-3 s per flow and function on 2 CPU cores), so most checks share one compiled "battery"
-# per flow structure: calling it again with other parameter values (same structure) does not recompile.
-def _grid(n: int = 300, scale: float = 3.0):
-    # y = scale * tan(u) per axis covers all of R^2 (heavy tails included); midpoint rule in u, weights scale sec^2
-    u = (np.arange(n) + 0.5) / n * math.pi - math.pi / 2
-    g, w = scale * np.tan(u), scale / np.cos(u) ** 2 * (math.pi / n)
-    xx, yy = np.meshgrid(g, g, indexing="ij")
-    return jnp.asarray(np.stack([xx.reshape(-1), yy.reshape(-1)], -1)), jnp.asarray(np.outer(w, w).reshape(-1))
-
-
 @jax.jit
 def _battery(flow, inputs):
     """Round trips, log-dets against autodiff Jacobians, gradients, shapes and (2-D) the integral of the density."""
@@ -120,7 +72,7 @@ def _battery(flow, inputs):
     (out["y_pts"], out["ld"], out["sld"], out["ld_inv"], out["sld_inv"], out["ladj"]) = jax.vmap(one)(inputs["pts"])
     if ctx2 is not None:  # another context moves the points and their densities
         out["y_pts_other"] = flow.transform(ctx2)(inputs["pts"])
-        out["lp_ctx"] = flow(ctx1).log_prob(inputs["pts"]), flow(ctx2).log_prob(inputs["pts"])
+        out["lp_ctx"] = flow(ctx1).log_prob(inputs["data_pts"]), flow(ctx2).log_prob(inputs["data_pts"])
 
     # gradients of a reparameterised loss and of the log-density of data; shapes of the fused pair
     def loss(f):
@@ -129,32 +81,30 @@ def _battery(flow, inputs):
         return jnp.sum(xs * xs) + jnp.sum(lps), (xs, lps, f(ctx_batch).log_prob(xs))
 
     out["grad_sample"], (out["xs"], out["lps"], out["lp_again"]) = jax.grad(loss, has_aux=True)(flow)
-    out["grad_log_prob"] = jax.grad(lambda f: jnp.sum(f(ctx_batch).log_prob(inputs["x"])))(flow)
+    out["grad_log_prob"] = jax.grad(lambda f: jnp.sum(f(ctx_batch).log_prob(inputs["y_fresh"])))(flow)
     if "grid" in inputs:
         pts, w = inputs["grid"]
         out["integral"] = jnp.sum(jnp.exp(flow(ctx1).log_prob(pts)) * w)
     return out
 
 
-def _inputs(input_dim: int, context_dim: int, far: float = 20.0, dtype=jnp.float64, grid: bool = False) -> dict:
-    x, y_fresh = _normal(4, 64, input_dim, dtype=dtype) * 2, _normal(5, 64, input_dim, dtype=dtype) * 2
-    inputs = {"x": x.at[:8].multiply(far), "y_fresh": y_fresh.at[:8].multiply(far),
+def _inputs(name: str, input_dim: int, context_dim: int, far: float = 20.0, dtype=jnp.float64) -> dict:
+    """Base-side points ``x`` and ``pts`` (``x`` with 8 rows ``far`` outside the spline bounds, unless the support is
+    bounded: a squashing layer saturates there), data-side points ``y_fresh`` and ``data_pts`` in the support."""
+    x, u = _normal(4, 64, input_dim, dtype=dtype) * 2, _normal(5, 64, input_dim, dtype=dtype) * 2
+    pts = (_normal(6, 3, input_dim) * jnp.asarray([[1.0], [3.0], [5.0]])).astype(dtype)
+    inputs = {"x": x.at[:8].multiply(1.0 if CATALOGUE[name].support else far),
+              "y_fresh": to_support(name, u.at[:8].multiply(far)), "pts": pts, "data_pts": to_support(name, pts),
               "ctx_batch": _ctx(context_dim, 64, dtype=dtype), "ctx1": _ctx(context_dim, seed=2, dtype=dtype),
-              "ctx2": _ctx(context_dim, seed=3, dtype=dtype), "key": _key(8),
-              "pts": (_normal(6, 3, input_dim) * jnp.asarray([[1.0], [3.0], [5.0]])).astype(dtype)}
-    if grid:
-        inputs["grid"] = _grid()
+              "ctx2": _ctx(context_dim, seed=3, dtype=dtype), "key": _key(8)}
+    if input_dim == 2:
+        inputs["grid"] = tuple(jnp.asarray(a) for a in grid_2d(name, 300))
     return inputs
 
 
 @functools.cache
 def battery(name: str, input_dim: int, context_dim: int, scale: float = 0.3) -> dict:
-    return _battery(build(name, input_dim, context_dim, scale=scale), _inputs(input_dim, context_dim,
-                                                                           grid=input_dim == 2))
-
-
-#: conditional flows are checked in 3-D, unconditional ones in 2-D (where the density is also integrated)
-SETTINGS = [(3, 2), (2, 0)]
+    return _battery(build(name, input_dim, context_dim, scale=scale), _inputs(name, input_dim, context_dim))
 
 
 @jax.jit
@@ -174,6 +124,91 @@ def _round_trips(flow, ctx, x, y_fresh):
     return t.inv(t(x)), t(t.inv(y_fresh))
 
 
+# ------------------------------------------------------------------------------------------------- checks
+def _check_fused_sample_and_log_prob(out: dict, input_dim: int) -> None:
+    assert out["xs"].shape == (2, 64, input_dim) and out["lps"].shape == (2, 64)
+    assert bool(jnp.all(jnp.isfinite(out["xs"]))) and bool(jnp.all(jnp.isfinite(out["lps"])))
+    np.testing.assert_allclose(out["lps"], out["lp_again"], atol=1e-8, rtol=1e-8)
+
+
+def _check_round_trips(out: dict, inputs: dict) -> None:
+    # harsh parameters (scale 0.3) and fresh points, 8 of them ~50x outside the spline bounds (3.0)
+    np.testing.assert_allclose(out["x_back"], inputs["x"], atol=1e-8, rtol=1e-9)
+    np.testing.assert_allclose(out["y_back"], inputs["y_fresh"], atol=1e-8, rtol=1e-9)
+
+
+def _check_log_dets(out: dict) -> None:
+    np.testing.assert_allclose(out["ld"], out["sld"], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(out["ld_inv"], out["sld_inv"], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(out["ld_inv"], -out["ld"], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(out["ladj"], out["ld"], atol=1e-9, rtol=0)
+
+
+def _check_gradients_reach_every_parameter(flow, grads: dict) -> None:
+    assert set(grads) == set(flow.params)
+    checked = 0
+    for pname, g in grads.items():
+        if pname.split(".")[-1] in BUFFERS:
+            continue
+        checked += 1
+        assert bool(jnp.all(jnp.isfinite(g))), f"non-finite gradient for {pname}"
+        assert float(jnp.abs(g).sum()) > 0, f"zero gradient for {pname}"
+    assert checked
+
+
+def _check_context_changes_the_output(out: dict) -> None:
+    assert float(jnp.abs(out["y_pts"] - out["y_pts_other"]).max()) > 1e-6
+    lp1, lp2 = out["lp_ctx"]
+    assert float(jnp.abs(lp1 - lp2).max()) > 1e-6
+
+
+def _check_save_load(flow, path, out: dict, inputs: dict) -> None:
+    numpyroflows.save(flow, path)
+    loaded = numpyroflows.load(path)
+    assert type(loaded) is type(flow) and loaded.config() == flow.config()
+    assert set(loaded.params) == set(flow.params)
+    for k, v in flow.params.items():
+        assert loaded.params[k].dtype == v.dtype, k
+        np.testing.assert_array_equal(np.asarray(loaded.params[k]), np.asarray(v), err_msg=k)
+    # what it computes, through the same compiled battery: the same numbers, bit for bit
+    jax.tree_util.tree_map(np.testing.assert_array_equal, _battery(loaded, inputs), out)
+
+
+# ------------------------------------------------------------------------------------------------- the catalogue
+@pytest.mark.parametrize("name,input_dim,context_dim", CASES)
+def test_catalogue_entry(name, input_dim, context_dim, subtests, tmp_path):
+    flow, out, inputs = build(name, input_dim, context_dim), battery(name, input_dim, context_dim), _inputs(
+        name, input_dim, context_dim)
+    assert flow.context_dim == context_dim
+    with subtests.test("fused sample and log_prob"):
+        _check_fused_sample_and_log_prob(out, input_dim)
+    with subtests.test("round trips both ways, float64"):
+        _check_round_trips(out, inputs)
+    with subtests.test("log-dets match the autodiff Jacobian"):
+        _check_log_dets(out)
+    for loss in ("grad_sample", "grad_log_prob"):
+        with subtests.test(f"gradients reach every parameter ({loss})"):
+            _check_gradients_reach_every_parameter(flow, out[loss].params)
+    if context_dim:
+        with subtests.test("context changes the output"):
+            _check_context_changes_the_output(out)
+    if input_dim == 2:
+        with subtests.test("2-D density integrates to 1"):
+            # milder parameters, same structure (no recompilation)
+            assert abs(float(battery(name, 2, 0, scale=0.15)["integral"]) - 1.0) < 1e-2
+    with subtests.test("save / load"):
+        _check_save_load(flow, tmp_path / "flow.npz", out, inputs)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_takes_context_is_what_the_flow_does(name):
+    flow = build(name, 3, 2)  # (test_catalogue_entry checks that the context is used)
+    assert flow.context_dim == (2 if CATALOGUE[name].takes_context else 0)
+    if not CATALOGUE[name].takes_context:
+        with pytest.raises(ValueError, match="context_dim=0"):
+            flow(jnp.ones(2))
+
+
 # ------------------------------------------------------------------------------------------------- shapes
 @pytest.mark.parametrize("name", ["MAF", "Planar", "LULinear"])
 @pytest.mark.parametrize("context_dim", [0, 2])
@@ -190,86 +225,26 @@ def test_shapes(name, context_dim):
     assert d.event_shape == (3,) and d.batch_shape == ((4,) if context_dim else ())
 
 
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("input_dim,context_dim", SETTINGS)
-def test_fused_sample_and_log_prob(name, input_dim, context_dim):
-    out = battery(name, input_dim, context_dim)
-    assert out["xs"].shape == (2, 64, input_dim) and out["lps"].shape == (2, 64)
-    assert bool(jnp.all(jnp.isfinite(out["xs"]))) and bool(jnp.all(jnp.isfinite(out["lps"])))
-    np.testing.assert_allclose(out["lps"], out["lp_again"], atol=1e-8, rtol=1e-8)
-
-
-# ------------------------------------------------------------------------------------------------- round trips
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("input_dim,context_dim", SETTINGS)
-def test_round_trip_both_ways_float64(name, input_dim, context_dim):
-    # harsh parameters (scale 0.3) and fresh points, 8 of them ~50x outside the spline bounds (3.0)
-    out, inputs = battery(name, input_dim, context_dim), _inputs(input_dim, context_dim)
-    np.testing.assert_allclose(out["x_back"], inputs["x"], atol=1e-8, rtol=1e-9)
-    np.testing.assert_allclose(out["y_back"], inputs["y_fresh"], atol=1e-8, rtol=1e-9)
-
-
+# ------------------------------------------------------------------------------------------------- float32
 @pytest.mark.parametrize("name,context_dim", [("MAF", 2), ("IAF", 0), ("NSF", 2), ("Coupling-spline", 0),
                                               ("BNAF", 2), ("Planar", 0), ("LeakyReLU", 2)])
 def test_round_trip_both_ways_float32(name, context_dim):
     # realistic parameters (scale 0.1), fresh points ~10x outside the spline bounds
     flow = build(name, 3, context_dim, dtype="float32", scale=0.1)
-    inputs = _inputs(3, context_dim, far=5.0, dtype=jnp.float32)
+    inputs = _inputs(name, 3, context_dim, far=5.0, dtype=jnp.float32)
     x_back, y_back = _round_trips(flow, inputs["ctx_batch"], inputs["x"], inputs["y_fresh"])
     assert x_back.dtype == y_back.dtype == jnp.float32
     np.testing.assert_allclose(x_back, inputs["x"], atol=1e-3, rtol=1e-4)
     np.testing.assert_allclose(y_back, inputs["y_fresh"], atol=1e-3, rtol=1e-4)
 
 
-# ------------------------------------------------------------------------------------------------- log-determinants
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("input_dim,context_dim", SETTINGS)
-def test_log_det_matches_autodiff_jacobian(name, input_dim, context_dim):
-    out = battery(name, input_dim, context_dim)
-    np.testing.assert_allclose(out["ld"], out["sld"], atol=1e-6, rtol=0)
-    np.testing.assert_allclose(out["ld_inv"], out["sld_inv"], atol=1e-6, rtol=0)
-    np.testing.assert_allclose(out["ld_inv"], -out["ld"], atol=1e-6, rtol=0)
-    np.testing.assert_allclose(out["ladj"], out["ld"], atol=1e-9, rtol=0)
-
-
 # ------------------------------------------------------------------------------------------------- normalisation
-@pytest.mark.parametrize("name", NAMES)
-def test_2d_density_integrates_to_one(name):
-    # milder parameters, same structure as the 2-D battery (no recompilation)
-    assert abs(float(battery(name, 2, 0, scale=0.15)["integral"]) - 1.0) < 1e-2
-
-
 @pytest.mark.parametrize("name", ["NSF", "Planar"])
 def test_2d_conditional_density_integrates_to_one(name):
     flow = build(name, 2, 2, scale=0.15)
-    integral = jax.jit(lambda f, c, g: jnp.sum(jnp.exp(f(c).log_prob(g[0])) * g[1]))(flow, _normal(7, 2), _grid())
+    grid = tuple(jnp.asarray(a) for a in grid_2d(name, 300))
+    integral = jax.jit(lambda f, c, g: jnp.sum(jnp.exp(f(c).log_prob(g[0])) * g[1]))(flow, _normal(7, 2), grid)
     assert abs(float(integral) - 1.0) < 1e-2
-
-
-# ------------------------------------------------------------------------------------------------- gradients
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("input_dim,context_dim", SETTINGS)
-@pytest.mark.parametrize("loss", ["grad_sample", "grad_log_prob"])
-def test_gradients_reach_every_parameter(name, input_dim, context_dim, loss):
-    flow, grads = build(name, input_dim, context_dim), battery(name, input_dim, context_dim)[loss].params
-    assert set(grads) == set(flow.params)
-    checked = 0
-    for pname, g in grads.items():
-        if pname.split(".")[-1] in BUFFERS:
-            continue
-        checked += 1
-        assert bool(jnp.all(jnp.isfinite(g))), f"non-finite gradient for {pname}"
-        assert float(jnp.abs(g).sum()) > 0, f"zero gradient for {pname}"
-    assert checked
-
-
-# ------------------------------------------------------------------------------------------------- context
-@pytest.mark.parametrize("name", NAMES)
-def test_context_changes_the_output(name):
-    out = battery(name, 3, 2)
-    assert float(jnp.abs(out["y_pts"] - out["y_pts_other"]).max()) > 1e-6
-    lp1, lp2 = out["lp_ctx"]
-    assert float(jnp.abs(lp1 - lp2).max()) > 1e-6
 
 
 # ------------------------------------------------------------------------------------------------- errors
@@ -308,13 +283,3 @@ def test_validation_can_be_disabled():
         assert bool(jnp.isnan(flow().log_prob(x)).all())
     finally:
         numpyroflows.set_validation(True)
-
-
-def test_catalogue_covers_every_transform_class():
-    used = {type(t).__name__ for name in NAMES for t in build(name, 3, 2).transforms}
-    # Sigmoid/Tanh change the support (tested elsewhere); Permutation and the orientation aliases are thin variants;
-    # _LinearBase is a private base class
-    exempt = {"Sigmoid", "Tanh", "MaskedAutoregressiveTransform", "InverseAutoregressiveTransform", "Permutation",
-              "_LinearBase"}
-    missing = set(T.TRANSFORMS) - used - exempt
-    assert not missing, f"transforms missing from the catalogue suite: {sorted(missing)}"
