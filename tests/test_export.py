@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from catalogue import CATALOGUE, NAMES, build
+from catalogue import CATALOGUE, NAMES, build, to_support
 from torch._subclasses.fake_tensor import FakeTensor
 
 
@@ -25,7 +25,7 @@ def test_log_prob_exports_and_leaves_no_trace_behind(name):
     context_dim = 2 if CATALOGUE[name].takes_context else 0
     flow = build(name, 3, context_dim, dtype=torch.float32)
     gen = torch.Generator().manual_seed(0)
-    x, c = torch.randn(4, 3, generator=gen), torch.randn(4, 2, generator=gen)
+    x, c = to_support(name, torch.randn(4, 3, generator=gen)), torch.randn(4, 2, generator=gen)
     module = _LogProb(flow, context_dim > 0).eval()
     with torch.no_grad():
         before = module(x, c)
