@@ -8,8 +8,8 @@ Why. ``density.py`` finds the affine MAF behind FlowJAX's on the hardest 2-D toy
 hundredths of a nat. This script separates the two possible causes: the flow (its function, its gradients) or where
 it starts. For each seed it builds FlowJAX's ``masked_autoregressive_flow`` on a 2-D toy with ``density.py``'s
 architecture (5 layers, hidden (64, 64), ReLU) and copies its initial weights into ``numpyroflows.flows.MAF`` with
-FlowJAX's affine transformer (``transformer={"name": "affine", "scale": "softplus"}``, the scale floor set to
-FlowJAX's 1e-2 for this run; ours is 1e-3). It checks that both compute the same ``log_prob`` at the start, then
+FlowJAX's affine transformer (``transformer={"name": "affine", "scale": "softplus", "min_scale": 1e-2}``: FlowJAX's
+floor; ours is 1e-3 by default). It checks that both compute the same ``log_prob`` at the start, then
 trains both with ``density.py``'s loop (same mini-batches, Adam 1e-3 with a cosine decay, clipping at 5, 2000 steps)
 and reports the held-out log-likelihoods:
 
@@ -27,7 +27,6 @@ Requires FlowJAX (``pip install -e ".[peers]"``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import sys
 import time
@@ -41,20 +40,6 @@ sys.path.insert(0, str(HERE))
 import density  # noqa: E402
 
 FLOWJAX_MIN_SCALE = 1e-2  # flowjax.flows._affine_with_min_scale
-
-
-@contextlib.contextmanager
-def flowjax_scale_floor():
-    """numpyroflows' softplus scale floor set to FlowJAX's while the block runs (``affine_scale`` reads both module
-    constants at call time; traced functions keep the value they were traced with)."""
-    import numpyroflows.functional.affine as A
-
-    saved = A.MIN_SCALE, A._SCALE_SHIFT
-    A.MIN_SCALE, A._SCALE_SHIFT = FLOWJAX_MIN_SCALE, math.log(math.expm1(1.0 - FLOWJAX_MIN_SCALE))
-    try:
-        yield
-    finally:
-        A.MIN_SCALE, A._SCALE_SHIFT = saved
 
 
 def flowjax_maf(seed: int):
@@ -146,34 +131,34 @@ def main(argv=None) -> int:
 
     task = density.toy_task(args.toy)
     x = jnp.asarray(task.train[:2000])
-    mine = our_maf(transformer={"name": "affine", "scale": "softplus"}, output_init="fan_in")
+    mine = our_maf(transformer={"name": "affine", "scale": "softplus", "min_scale": FLOWJAX_MIN_SCALE},
+                   output_init="fan_in")
     default = our_maf()
     same, own = [], []
     t0 = time.perf_counter()
     print(f"{args.toy}: {steps} steps of batch {density.BATCH}, seeds {seeds}", flush=True)
-    with flowjax_scale_floor():
-        ours_lp = lambda p, v: mine.with_params(p)().log_prob(v)  # noqa: E731
-        default_lp = lambda p, v: default.with_params(p)().log_prob(v)  # noqa: E731
-        # one log_prob function for every seed, so the training loop compiles once: the static part (masks,
-        # structure) does not depend on the seed, which the check below confirms seed by seed
-        static0 = flowjax_maf(seeds[0])[1]
-        theirs_lp = lambda p, v: paramax.unwrap(eqx.combine(p, static0)).log_prob(v)  # noqa: E731
-        for seed in seeds:
-            params, static = flowjax_maf(seed)
-            own_static = paramax.unwrap(eqx.combine(params, static)).log_prob(x)
-            if not bool(jnp.all(theirs_lp(params, x) == own_static)):
-                raise RuntimeError("FlowJAX's MAF has a seed-dependent static part; build its log_prob per seed")
-            copied = copy_weights(params, static)
-            gap = float(jnp.max(jnp.abs(ours_lp(copied, x) - theirs_lp(params, x))))
-            if not gap < 1e-3:
-                raise AssertionError(f"seed {seed}: the copied MAF's log_prob differs from FlowJAX's by {gap:.2e}")
-            ll_theirs = train(theirs_lp, params, task, steps, seed)
-            ll_same = train(ours_lp, copied, task, steps, seed)
-            ll_own = train(default_lp, our_maf(seed).params, task, steps, seed)
-            same.append(ll_same - ll_theirs)
-            own.append(ll_own - ll_theirs)
-            print(f"  seed {seed}: max |log p difference| at the start {gap:.1e}; held-out LL FlowJAX {ll_theirs:.4f}, "
-                  f"ours from FlowJAX's start {ll_same:.4f}, ours from its own start {ll_own:.4f}", flush=True)
+    ours_lp = lambda p, v: mine.with_params(p)().log_prob(v)  # noqa: E731
+    default_lp = lambda p, v: default.with_params(p)().log_prob(v)  # noqa: E731
+    # one log_prob function for every seed, so the training loop compiles once: the static part (masks,
+    # structure) does not depend on the seed, which the check below confirms seed by seed
+    static0 = flowjax_maf(seeds[0])[1]
+    theirs_lp = lambda p, v: paramax.unwrap(eqx.combine(p, static0)).log_prob(v)  # noqa: E731
+    for seed in seeds:
+        params, static = flowjax_maf(seed)
+        own_static = paramax.unwrap(eqx.combine(params, static)).log_prob(x)
+        if not bool(jnp.all(theirs_lp(params, x) == own_static)):
+            raise RuntimeError("FlowJAX's MAF has a seed-dependent static part; build its log_prob per seed")
+        copied = copy_weights(params, static)
+        gap = float(jnp.max(jnp.abs(ours_lp(copied, x) - theirs_lp(params, x))))
+        if not gap < 1e-3:
+            raise AssertionError(f"seed {seed}: the copied MAF's log_prob differs from FlowJAX's by {gap:.2e}")
+        ll_theirs = train(theirs_lp, params, task, steps, seed)
+        ll_same = train(ours_lp, copied, task, steps, seed)
+        ll_own = train(default_lp, our_maf(seed).params, task, steps, seed)
+        same.append(ll_same - ll_theirs)
+        own.append(ll_own - ll_theirs)
+        print(f"  seed {seed}: max |log p difference| at the start {gap:.1e}; held-out LL FlowJAX {ll_theirs:.4f}, "
+              f"ours from FlowJAX's start {ll_same:.4f}, ours from its own start {ll_own:.4f}", flush=True)
     m1, s1 = mean_se(same)
     m2, s2 = mean_se(own)
     print(f"\n{args.toy}, {len(seeds)} seeds, {time.perf_counter() - t0:.0f} s (held-out log-likelihood, nats/point, "

@@ -109,3 +109,28 @@ def test_saved_flows_keep_the_scale(tmp_path):
         np.testing.assert_allclose(np.asarray(jback().log_prob(jnp.asarray(x.double().numpy()))),
                                    tflow().log_prob(x.double()).detach().numpy(), rtol=1e-9, atol=1e-9)
         assert all(t.transformer.scale == "softplus" for t in jback.transforms if hasattr(t, "transformer"))
+
+
+@pytest.mark.parametrize("module", [TT, JT], ids=["torch", "jax"])
+def test_min_scale_sets_the_softplus_floor(module):
+    """``min_scale`` (FlowJAX's floor is 1e-2): identity at raw zeros, the floor far below, the same in both packages,
+    kept in the spec; only for ``scale="softplus"``."""
+    spec = {"name": "affine", "scale": "softplus", "min_scale": 0.01}
+    t = module.make_transformer(spec)
+    assert t.spec() == spec and module.make_transformer(t.spec()) == t
+    c = math.log(math.expm1(0.99))
+    x = np.array([-2.0, 0.5, 3.0])
+    raw = np.array([[0.0, 0.0], [0.1, -200.0], [-0.3, 1.7]])
+    if module is TT:
+        y, ld = (v.numpy() for v in t.forward(torch.as_tensor(x), torch.as_tensor(raw)))
+    else:
+        with jax.enable_x64(True):
+            y, ld = (np.asarray(v) for v in t.forward(jnp.asarray(x), jnp.asarray(raw)))
+    a = 0.01 + np.logaddexp(0.0, raw[:, 1] + c)
+    np.testing.assert_allclose(ld, np.log(a), rtol=1e-12)
+    np.testing.assert_allclose(y, raw[:, 0] + a * x, rtol=1e-12)
+    assert ld[0] == pytest.approx(0.0, abs=1e-12) and ld[1] == pytest.approx(math.log(0.01), rel=1e-9)
+    with pytest.raises(ValueError, match="floor of scale='softplus'"):
+        module.make_transformer({"name": "affine", "min_scale": 0.01})
+    with pytest.raises(ValueError, match=r"min_scale must lie in \(0, 1\)"):
+        module.make_transformer({"name": "affine", "scale": "softplus", "min_scale": 1.5})

@@ -30,17 +30,23 @@ _SCALE_SHIFT = math.log(math.expm1(1.0 - MIN_SCALE))
 LOG_SCALE_BOUND = 5.0
 
 
-def affine_scale(raw_scale: Tensor) -> Tensor:
-    """Positive scale from its raw parameter (``raw = 0`` gives 1)."""
-    return MIN_SCALE + F.softplus(raw_scale + _SCALE_SHIFT)
+def scale_shift(min_scale: float) -> float:
+    """The constant ``c`` of :func:`affine_scale` for a floor ``min_scale``: ``softplus(c) = 1 - min_scale``."""
+    return math.log(math.expm1(1.0 - min_scale))
 
 
-def affine_scale_inverse(scale: Tensor) -> Tensor:
-    """The raw parameter giving ``scale``: the inverse of :func:`affine_scale`, ``raw = softplus⁻¹(scale - MIN_SCALE) -
+def affine_scale(raw_scale: Tensor, min_scale: float = MIN_SCALE) -> Tensor:
+    """Positive scale ``min_scale + softplus(raw + c)`` from its raw parameter (``raw = 0`` gives 1)."""
+    shift = _SCALE_SHIFT if min_scale == MIN_SCALE else scale_shift(min_scale)
+    return min_scale + F.softplus(raw_scale + shift)
+
+
+def affine_scale_inverse(scale: Tensor, min_scale: float = MIN_SCALE) -> Tensor:
+    """The raw parameter giving ``scale``: the inverse of :func:`affine_scale`, ``raw = softplus⁻¹(scale - min_scale) -
     c`` with ``softplus⁻¹(y) = y + log(1 - e^{-y})``; scales at or below the floor map to the raw value of
-    ``MIN_SCALE + 1e-6``."""
-    y = (scale - MIN_SCALE).clamp_min(1e-6)
-    return y + torch.log(-torch.expm1(-y)) - _SCALE_SHIFT
+    ``min_scale + 1e-6``."""
+    y = (scale - min_scale).clamp_min(1e-6)
+    return y + torch.log(-torch.expm1(-y)) - scale_shift(min_scale)
 
 
 def affine_log_scale(raw_scale: Tensor) -> Tensor:
@@ -62,27 +68,29 @@ def check_affine_scale(scale: str) -> str:
     return scale
 
 
-def _scale_and_log(raw_scale: Tensor, scale: str) -> tuple[Tensor, Tensor]:
+def _scale_and_log(raw_scale: Tensor, scale: str, min_scale: float) -> tuple[Tensor, Tensor]:
     if scale == "softplus":
-        s = affine_scale(raw_scale)
+        s = affine_scale(raw_scale, min_scale)
         return s, torch.log(s)
     log_scale = affine_log_scale(raw_scale)
     return torch.exp(log_scale), log_scale
 
 
-def affine_forward(x: Tensor, params: Tensor, scale: str = "exp") -> tuple[Tensor, Tensor]:
+def affine_forward(x: Tensor, params: Tensor, scale: str = "exp", min_scale: float = MIN_SCALE
+                   ) -> tuple[Tensor, Tensor]:
     """``y = shift + a·x`` and ``log a`` (the log-derivative, broadcast to ``y``), with ``a = exp(affine_log_scale(r))``
     (``scale="exp"``) or ``a = affine_scale(r)`` (``scale="softplus"``)."""
-    a, log_a = _scale_and_log(params[..., 1], scale)
+    a, log_a = _scale_and_log(params[..., 1], scale, min_scale)
     y = torch.addcmul(params[..., 0], a, x)
     return y, log_a.expand(y.shape)
 
 
-def affine_inverse(y: Tensor, params: Tensor, scale: str = "exp") -> tuple[Tensor, Tensor]:
+def affine_inverse(y: Tensor, params: Tensor, scale: str = "exp", min_scale: float = MIN_SCALE
+                   ) -> tuple[Tensor, Tensor]:
     """``x = (y - shift) / a`` and ``log a`` (the *forward* log-derivative, broadcast to ``x``, as every kernel's
     inverse returns it); ``a`` as in :func:`affine_forward`."""
     if scale == "softplus":
-        a, log_a = _scale_and_log(params[..., 1], scale)
+        a, log_a = _scale_and_log(params[..., 1], scale, min_scale)
         x = (y - params[..., 0]) / a
     else:  # multiply by exp(-s) rather than divide by exp(s)
         log_a = affine_log_scale(params[..., 1])

@@ -81,25 +81,36 @@ class Affine(Transformer):
     (``scale="exp"``, the default), or ``a = affine_scale(raw)``, a softplus with no upper bound (``scale="softplus"``);
     see :mod:`pyroflows.functional.affine`. Raw layout ``[shift, raw_scale]``; raw zeros are the identity.
 
-    The softplus form is FlowJAX's. As a MAF fitted by maximum likelihood it scored 0.026-0.036 nats/point higher on
-    the two-spirals toy and 0.05-0.08 bits/dim worse on ``sklearn``'s digits than the default
-    (``benchmarks/RESULTS.md``), so guides, encoders and the recipes keep ``"exp"``.
+    The softplus form, with ``min_scale`` its floor (1e-3 by default), is FlowJAX's (whose floor is 1e-2): for
+    porting a FlowJAX model, or where one layer must scale by more than e^5. Neither form wins on every data set, so
+    guides, encoders and the recipes keep ``"exp"``.
     """
 
     name = "affine"
     num_params = 2
 
-    def __init__(self, scale: str = "exp") -> None:
+    def __init__(self, scale: str = "exp", min_scale: float | None = None) -> None:
         self.scale = F_aff.check_affine_scale(scale)
+        if min_scale is not None and scale != "softplus":
+            raise ValueError("min_scale sets the floor of scale='softplus'; the default 'exp' scale is soft-clamped "
+                             "instead: drop min_scale or pass scale='softplus'")
+        if min_scale is not None and not 0.0 < float(min_scale) < 1.0:
+            raise ValueError(f"min_scale must lie in (0, 1) (the scale at raw zeros is 1), got {min_scale}")
+        self.min_scale = None if min_scale is None else float(min_scale)
 
     def kwargs(self) -> dict:
-        return {} if self.scale == "exp" else {"scale": self.scale}
+        out = {} if self.scale == "exp" else {"scale": self.scale}
+        return out if self.min_scale is None else {**out, "min_scale": self.min_scale}
+
+    @property
+    def _floor(self) -> float:
+        return F_aff.MIN_SCALE if self.min_scale is None else self.min_scale
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        return F_aff.affine_forward(x, params, self.scale)
+        return F_aff.affine_forward(x, params, self.scale, self._floor)
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        x, ld = F_aff.affine_inverse(y, params, self.scale)
+        x, ld = F_aff.affine_inverse(y, params, self.scale, self._floor)
         return x, -ld
 
 
@@ -121,7 +132,7 @@ class RQSpline(Transformer):
     (Durkan et al. 2019). ``num_params = 3 · count_bins - 1``.
 
     :meth:`forward` is the spline's direct rational formula (:func:`~pyroflows.functional.spline.rqs_forward`),
-    :meth:`inverse` its closed-form quadratic root (~1.5x dearer); see the module docstring for which direction each
+    :meth:`inverse` its closed-form quadratic root (a little dearer); see the module docstring for which direction each
     layer evaluates forward.
     """
 
