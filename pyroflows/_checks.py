@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+Tensor = torch.Tensor
+
 _VALIDATE = True
 
 
@@ -63,3 +65,27 @@ def check_context(context: torch.Tensor | None, context_dim: int, where: str = "
         )
     if validation_enabled() and not bool(torch.isfinite(context).all()):
         raise ValueError(f"{where}context contains NaN or inf values: clean the context before calling the flow")
+
+
+def in_dtype(x: Tensor, dtype: torch.dtype, name: str, where: str) -> Tensor:
+    """``x`` in the flow's dtype when that loses nothing (integers, bool, lower-precision floats: torch's type
+    promotion gives the flow's dtype); a ``TypeError`` naming both fixes when it would round (float64 data for a
+    float32 flow), as ``torch.nn.Linear`` refuses it too, instead of its bare ``mat1 and mat2`` message."""
+    if x.dtype == dtype:
+        return x
+    if torch.promote_types(x.dtype, dtype) == dtype:
+        return x.to(dtype)
+    cast = {torch.float32: "float()", torch.float64: "double()", torch.float16: "half()"}.get(dtype, f"to({dtype})")
+    grow = {torch.float64: "double()", torch.float32: "float()"}.get(x.dtype, f"to({x.dtype})")
+    raise TypeError(f"{where}{name} is {x.dtype} but the flow computes in {dtype}: call flow.{grow} to compute in "
+                    f"{x.dtype}, or pass {name}.{cast} (rounds {name} to {dtype})")
+
+
+def in_dtype_of(x: Tensor, parts, name: str, where: str) -> Tensor:
+    """:func:`in_dtype` for the dtype of the first floating parameter of ``parts`` (transforms); a parameter-free
+    stack takes integer and bool inputs in torch's default dtype and any floating input as it is."""
+    for part in parts:
+        for p in part.parameters():
+            if p.is_floating_point():
+                return in_dtype(x, p.dtype, name, where)
+    return x if x.is_floating_point() else x.to(torch.get_default_dtype())

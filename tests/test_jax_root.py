@@ -35,3 +35,9 @@ def test_polished_root_has_implicit_function_gradients():
     assert jnp.allclose(dx_da, -x / fprime, rtol=1e-10)
     batched = jax.vmap(solve, in_axes=(None, 0))(a, jnp.array([4.0, -3.0]))
     assert jnp.allclose(batched[0], x)
+
+
+def test_an_unreachable_target_comes_back_nan_not_a_wrong_number():
+    """tanh never reaches 2: the solve cannot bracket a root and says so with NaN (it returned 3.7e19)."""
+    x = bisect_increasing(jnp.tanh, jnp.array([2.0, 0.5]), jnp.array([-1.0, -1.0]), jnp.array([1.0, 1.0]))
+    assert bool(jnp.isnan(x[0])) and float(x[1]) == pytest.approx(float(jnp.arctanh(0.5)), abs=1e-5)

@@ -1,9 +1,10 @@
 """Bracketed root finding for elementwise monotone maps, in JAX (jit- and vmap-compatible).
 
-The JAX twin of :mod:`pyroflows.functional.root`: the solve runs on values only (``stop_gradient``), bracket
-expansion and bisection are ``lax.while_loop``\\ s, and :func:`newton_polish` then takes one Newton step *with*
-autodiff so that derivatives of the inverse follow the implicit function theorem:
-``dx/dθ = -(∂f/∂θ) / f'(x)``, ``dx/dy = 1 / f'(x)``.
+Used by every transform whose inverse has no closed form (monotone B-splines, monotone mixtures, planar, Sylvester,
+block neural autoregressive flows). The solve runs on values only (``stop_gradient``), bracket expansion and
+bisection are ``lax.while_loop``\\ s, and :func:`newton_polish` then takes one Newton step *with* autodiff so that
+derivatives of the inverse follow the implicit function theorem: ``dx/dθ = -(∂f/∂θ) / f'(x)``, ``dx/dy = 1 / f'(x)``.
+Same algorithm and tolerances as ``pyroflows.functional.root``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ def bisect_increasing(
 
     ``lo``/``hi`` are initial guesses of a bracket, widened by doubling until they bracket the root (an increasing
     map onto the reals always has one); then bisection until the bracket is narrower than ``tol·(1 + |x|)`` or
-    ``max_iter`` halvings. Works under ``jit`` and ``vmap``.
+    ``max_iter`` halvings. Works under ``jit`` and ``vmap``: the loops run until every element has converged, and
+    nothing can be raised there, so an element that is still unbracketed after ``max_expand`` doublings, or not
+    converged after ``max_iter`` halvings (no root: ``fn`` is not onto the reals), comes back NaN, never a wrong
+    number.
     """
     target = lax.stop_gradient(target)
     lo, hi, target = jnp.broadcast_arrays(lax.stop_gradient(lo).astype(target.dtype),
@@ -67,7 +71,9 @@ def bisect_increasing(
         return jnp.where(right, mid, lo), jnp.where(right, hi, mid), i + 1
 
     lo, hi, _ = lax.while_loop(not_converged, halve, (lo, hi, 0))
-    return 0.5 * (lo + hi)
+    mid = 0.5 * (lo + hi)
+    solved = (fn(lo) <= target) & (fn(hi) >= target) & (hi - lo <= tol * (1 + jnp.abs(mid)))
+    return jnp.where(solved, mid, jnp.nan)  # never a wrong number: NaN where no root was bracketed and narrowed
 
 
 def newton_polish(fn_and_deriv: Callable[[Array], tuple[Array, Array]], x: Array, target: Array) -> Array:

@@ -1,10 +1,12 @@
 """Coupling layers with any transformer (Dinh et al. 2014 "NICE", 2017 "RealNVP"; Durkan et al. 2019 "NSF-C"), JAX.
 
-Mirrors :mod:`pyroflows.transforms.coupling`: the dimensions are split by a mask into a conditioning set ``A`` (passed
-through unchanged) and a transformed set ``B``, with the transformer run data to noise: ``x_A = y_A``,
-``x_B = τ(y_B; θ(y_A, context))``. Both directions take one network pass; the Jacobian is triangular with log-det
-``Σ_B log τ'``. The mask and the index sets are static configuration (tuples); the only parameters are the conditioner
-MLP's (``"net.*"``, as in pyroflows' ``state_dict``).
+The dimensions are split by a mask into a conditioning set ``A`` (passed through unchanged) and a transformed set
+``B``. With ``x`` the noise side and ``y`` the data side, ``x_A = y_A`` and ``x_B = τ(y_B; θ(y_A, context))``: the
+transformer runs data to noise, as in zuko and FlowJAX, so training by maximum likelihood uses its direct formula
+(RealNVP's ``x_B = shift + scale·y_B``). Both directions take one network pass; the Jacobian is triangular with
+log-det ``Σ_B log τ'``. The mask and the index sets are static configuration (tuples); the only parameters are the
+conditioner MLP's (``"net.*"``). Masks, arguments and parameter names are those of
+``pyroflows.transforms.CouplingTransform``, so parameters move between the packages by name.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 from ..nn.mlp import OUTPUT_INIT, mlp_apply, mlp_init, params_view
 from .base import FlowTransform, default_key
+from .linear import torch_randperm
 from .transformers import Transformer, make_transformer
 
 Array = jax.Array
@@ -24,12 +27,13 @@ Array = jax.Array
 
 def coupling_mask(input_dim: int, mask: str | Sequence[bool | int] = "half", parity: int = 0,
                   seed: int = 0) -> tuple[bool, ...]:
-    """Boolean mask as a tuple, True for the conditioning (identity) dimensions; the same mask as
-    :func:`pyroflows.transforms.coupling.coupling_mask`.
+    """Boolean mask as a tuple (static configuration), True for the conditioning (identity) dimensions.
 
-    ``"half"``: the first ``⌈D/2⌉`` dimensions; ``"alternating"``: even indices; ``"random"``: a random half drawn with
-    torch's seeded CPU generator exactly as pyroflows does (torch is imported only for this choice); or an explicit
-    boolean sequence. ``parity=1`` swaps the roles of the two sets.
+    ``"half"``: the first ``⌈D/2⌉`` dimensions; ``"alternating"``: even indices; ``"random"``: a random half drawn from
+    the integer ``seed`` as ``torch.randperm`` draws it with a seeded CPU generator (reproduced in NumPy by
+    :func:`~numpyroflows.transforms.linear.torch_randperm`, no torch needed), so that it is the same on every machine
+    and in pyroflows; or an explicit boolean sequence. ``parity=1`` swaps the roles of the two
+    sets. A mask that leaves either set empty raises a ``ValueError``.
     """
     input_dim = int(input_dim)
     if isinstance(mask, str):
@@ -38,15 +42,7 @@ def coupling_mask(input_dim: int, mask: str | Sequence[bool | int] = "half", par
         elif mask == "alternating":
             m = [i % 2 == 0 for i in range(input_dim)]
         elif mask == "random":
-            try:
-                import torch
-            except ImportError as e:  # pragma: no cover - depends on the environment
-                raise ImportError(
-                    "mask='random' draws the same mask as pyroflows with torch's seeded generator, so it needs torch; "
-                    "install torch or pass the mask explicitly as a boolean list"
-                ) from e
-            g = torch.Generator().manual_seed(int(seed))
-            chosen = set(torch.randperm(input_dim, generator=g, device="cpu")[: (input_dim + 1) // 2].tolist())
+            chosen = set(torch_randperm(input_dim, seed)[: (input_dim + 1) // 2].tolist())
             m = [i in chosen for i in range(input_dim)]
         else:
             raise ValueError(f"mask must be 'half', 'alternating', 'random' or a boolean list, got {mask!r}")
@@ -64,8 +60,23 @@ def coupling_mask(input_dim: int, mask: str | Sequence[bool | int] = "half", par
 class CouplingTransform(FlowTransform):
     """``y_A = x_A``, ``y_B = τ(x_B; θ(x_A, context))`` with an MLP conditioner.
 
-    Same arguments as :class:`pyroflows.transforms.CouplingTransform`, plus ``key`` (a PRNG key for the initial
-    parameters). Parameters: ``"net.*"`` (the conditioner MLP; its output is parameter-major, ``(P·|B|)``).
+    Args:
+        input_dim: D (at least 2).
+        transformer: ``"affine"`` (RealNVP), ``"additive"`` (NICE), ``"spline"`` (NSF-C), ... or an instance.
+        context_dim: size of the context (0: none).
+        hidden_dims: conditioner MLP hidden widths.
+        mask: ``"half"``, ``"alternating"``, ``"random"`` or an explicit boolean list (True = conditioning); see
+            :func:`coupling_mask`.
+        parity: 1 swaps the two sets (recipes alternate it between layers).
+        activation: hidden nonlinearity.
+        count_bins, bound: spline options.
+        seed: seed of the random mask.
+        output_init: half-width of the uniform start of the conditioner's output weights (its bias starts at the
+            transformer's identity), or ``"fan_in"``; see :func:`~numpyroflows.nn.mlp.output_init_bound`.
+        key: PRNG key of the initial parameters (``PRNGKey(0)`` if None).
+
+    Parameters: ``"net.*"`` (the conditioner MLP, :func:`~numpyroflows.nn.mlp.mlp_init`; its output is
+    parameter-major, ``(P·|B|)``).
 
     Example:
         >>> t = CouplingTransform(4, "spline", mask="half", key=jax.random.PRNGKey(0))

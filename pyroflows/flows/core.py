@@ -12,7 +12,7 @@ from pyro.nn import PyroModule
 from torch import nn
 from torch.distributions import constraints
 
-from .._checks import check_context, check_input
+from .._checks import check_context, check_input, in_dtype
 from ..transforms.base import FlowChain, FlowTransform, chain_forward, chain_inverse, record_init_arguments
 
 Tensor = torch.Tensor
@@ -73,7 +73,7 @@ class Flow(nn.Module):
         """The flow's distribution (conditioned on ``context`` of shape ``(..., context_dim)`` if it takes one)."""
         check_context(context, self.context_dim, f"{type(self).__name__}: ")
         if context is not None:
-            context = _in_flow_dtype(context, self._ref.dtype, "context", f"{type(self).__name__}: ")
+            context = in_dtype(context, self._ref.dtype, "context", f"{type(self).__name__}: ")
         return FlowDistribution(self, context)
 
     def transform(self, context: Tensor | None = None) -> FlowChain:
@@ -103,9 +103,9 @@ class Flow(nn.Module):
         where = f"{type(self).__name__}.initialize: "
         check_input(x, self.input_dim, "x", where)
         check_context(context, self.context_dim, where)
-        x = _in_flow_dtype(x, self._ref.dtype, "x", where)
+        x = in_dtype(x, self._ref.dtype, "x", where)
         if context is not None:
-            context = _in_flow_dtype(context, self._ref.dtype, "context", where)
+            context = in_dtype(context, self._ref.dtype, "context", where)
         first = next((i for i, t in enumerate(self.transforms) if t.requires_initialization), len(self.transforms))
         for t in reversed(list(self.transforms)[first:]):
             t.initialize(x, "inverse")
@@ -130,20 +130,6 @@ def base_log_prob(flow: Flow, z: Tensor) -> Tensor:
     if flow.base is not None:
         return flow.base.log_prob(z)
     return -0.5 * (z * z).sum(-1) - flow.input_dim * _HALF_LOG_2PI
-
-
-def _in_flow_dtype(x: Tensor, dtype: torch.dtype, name: str, where: str) -> Tensor:
-    """``x`` in the flow's dtype when that loses nothing (integers, bool, lower-precision floats: torch's type
-    promotion gives the flow's dtype); a ``TypeError`` naming both fixes when it would round (float64 data for a
-    float32 flow), as ``torch.nn.Linear`` refuses it too, instead of its bare ``mat1 and mat2`` message."""
-    if x.dtype == dtype:
-        return x
-    if torch.promote_types(x.dtype, dtype) == dtype:
-        return x.to(dtype)
-    cast = {torch.float32: "float()", torch.float64: "double()", torch.float16: "half()"}.get(dtype, f"to({dtype})")
-    grow = {torch.float64: "double()", torch.float32: "float()"}.get(x.dtype, f"to({x.dtype})")
-    raise TypeError(f"{where}{name} is {x.dtype} but the flow computes in {dtype}: call flow.{grow} to compute in "
-                    f"{x.dtype}, or pass {name}.{cast} (rounds {name} to {dtype})")
 
 
 class FlowDistribution(TorchDistribution):
@@ -232,7 +218,7 @@ class FlowDistribution(TorchDistribution):
             return reused
         where = f"{type(self.flow).__name__}.log_prob: "
         check_input(value, self.flow.input_dim, "value", where)
-        value = _in_flow_dtype(value, self.flow._ref.dtype, "value", where)
+        value = in_dtype(value, self.flow._ref.dtype, "value", where)
         if self.context is not None:
             self._check_batch(value, where)
         z, ladj = chain_inverse(list(self.flow.transforms), value, self.context)

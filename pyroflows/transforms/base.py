@@ -23,7 +23,7 @@ from pyro.nn import PyroModule
 from torch import nn
 from torch.distributions import Transform, constraints
 
-from .._checks import check_context, check_input
+from .._checks import check_context, check_input, in_dtype_of
 
 Tensor = torch.Tensor
 
@@ -134,14 +134,14 @@ class FlowTransform(_FusedTransform, TransformModule):
         name = type(self).__name__
         check_input(x, self.input_dim, "x", f"{name}: ")
         check_context(context, self.context_dim, f"{name}: ")
-        return self._forward_ld(x, context)
+        return self._forward_ld(in_dtype_of(x, (self,), "x", f"{name}: "), context)
 
     def inverse_and_log_det(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(T⁻¹(y), log|det ∂T⁻¹/∂y|)`` in one pass; exact for any ``y``."""
         name = type(self).__name__
         check_input(y, self.input_dim, "y", f"{name}: ")
         check_context(context, self.context_dim, f"{name}: ")
-        return self._inverse_ld(y, context)
+        return self._inverse_ld(in_dtype_of(y, (self,), "y", f"{name}: "), context)
 
     def condition(self, context: Tensor) -> ConditionedTransform:
         """This transform with its context fixed: a plain ``torch.distributions.Transform``."""
@@ -217,11 +217,11 @@ class FlowChain(_FusedTransform, Transform):
 
     def forward_and_log_det(self, x: Tensor) -> tuple[Tensor, Tensor]:
         check_input(x, self.input_dim, "x", "Flow.transform: ")
-        return chain_forward(self.parts, x, self.context)
+        return chain_forward(self.parts, in_dtype_of(x, self.parts, "x", "Flow.transform: "), self.context)
 
     def inverse_and_log_det(self, y: Tensor) -> tuple[Tensor, Tensor]:
         check_input(y, self.input_dim, "y", "Flow.transform: ")
-        return chain_inverse(self.parts, y, self.context)
+        return chain_inverse(self.parts, in_dtype_of(y, self.parts, "y", "Flow.transform: "), self.context)
 
 
 def chain_forward(parts: list[FlowTransform], x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
