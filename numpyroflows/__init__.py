@@ -1,9 +1,12 @@
-"""numpyroflows: normalizing flows for NumPyro (JAX), the mirror of :mod:`pyroflows`.
+"""numpyroflows: normalizing flows for NumPyro (JAX): pure kernels, transforms, named flows, guides and diagnostics.
 
-The whole pyroflows catalogue (kernels, transforms, recipes) exists under the same names and parameter layout, with
-parity tests against pyroflows. Flows are pytrees; ``numpyroflows.module("flow", flow)`` registers one inside a NumPyro
-model or guide; ``AutoFlowGuide(model)`` is a drop-in autoguide; ``vi_diagnostics`` / ``to_inference_data`` give PSIS
-k̂ and an ArviZ ``InferenceData`` for any guide::
+The catalogue: pure math kernels (:mod:`numpyroflows.functional`), conditioners (:mod:`numpyroflows.nn`), bijections
+(:mod:`numpyroflows.transforms`: autoregressive, coupling, elementwise, linear, planar, radial, Sylvester, BNAF) and
+named flows (:mod:`numpyroflows.flows`: MAF, IAF, NSF, RealNVP, NICE, BNAF, ...); the same catalogue exists in
+pyroflows (PyTorch + Pyro) under the same names and parameter layout, with parity tests between the two. Flows are
+pytrees of their parameters; ``numpyroflows.module("flow", flow)`` registers one inside a NumPyro model or guide;
+``AutoFlowGuide(model)`` is a drop-in autoguide; :func:`fit` trains a flow by maximum likelihood; ``vi_diagnostics`` /
+``to_inference_data`` give PSIS k̂ and an ArviZ ``InferenceData`` for any guide::
 
     from numpyroflows import flows
     flow = flows.NSF(input_dim=5, key=jax.random.key(0))

@@ -1,7 +1,9 @@
-"""Input validation shared by transforms and distributions (mirrors :mod:`pyroflows._checks`).
+"""Input validation shared by transforms and distributions.
 
-Every check raises a ``ValueError`` whose message names the fix. Shape checks always run; the NaN/inf check runs on
-concrete arrays only (inside ``jax.jit`` values are abstract) and can be switched off with :func:`set_validation`.
+Every check raises a ``ValueError`` whose message names the fix (the same checks as pyroflows, with messages worded
+for JAX arrays). Shape checks always run, at trace time too, since shapes are static; the NaN/inf check runs on
+concrete arrays only (inside ``jax.jit`` values are abstract) and can be switched off with :func:`set_validation`,
+e.g. to save its device-to-host transfer in a hot loop outside ``jit``.
 """
 
 from __future__ import annotations

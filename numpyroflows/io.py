@@ -4,8 +4,9 @@ A saved flow is one uncompressed ``.npz`` archive: the configuration as JSON (``
 parameter (``param:<name>``). :func:`load` reads it with ``np.load(allow_pickle=False)`` and checks it before building
 anything (:mod:`flowcommon.config`): the configuration's sizes against the stored arrays, read from the arrays'
 headers alone, then every array's name, shape and dtype kind against the flow the configuration builds, and only then
-reads the values. Mirrors :mod:`pyroflows.io` (same checks, same messages). NumPyro registration,
-:func:`numpyroflows.module`, lives in :mod:`numpyroflows.infer.module`.
+reads the values, so the loaded flow gives identical outputs. The checks and their messages are pyroflows' (both
+packages use :mod:`flowcommon.config`); a file of the other package is recognised and refused with a message naming
+the right ``load``. NumPyro registration, :func:`numpyroflows.module`, lives in :mod:`numpyroflows.infer.module`.
 """
 
 from __future__ import annotations

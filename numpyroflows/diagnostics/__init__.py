@@ -1,9 +1,12 @@
 """Diagnostics for variational inference: PSIS k̂, importance-weighted bounds and ArviZ ``InferenceData``.
 
-The mirror of :mod:`pyroflows.diagnostics`. ``vi_diagnostics(guide, model, *args, params=...)`` says, in numbers and
-in words, whether a guide can be trusted (Yao et al. 2018); ``to_inference_data(guide, model, *args, params=...)``
+``vi_diagnostics(guide, model, *args, params=...)`` says, in numbers and in words, whether a guide can be trusted (Yao
+et al. 2018, "Yes, but Did It Work?: Evaluating Variational Inference"): the Pareto k̂ of its importance weights, the
+ELBO and importance-weighted bound, the effective sample size. ``to_inference_data(guide, model, *args, params=...)``
 hands its draws to ArviZ (``az.summary``, ``az.plot_posterior``, ``az.loo``). Both work for any NumPyro guide with a
-density. ArviZ is needed: ``pip install 'pyroflows[arviz]'``.
+density, ``params`` being the trained values (``svi_result.params``). ArviZ is needed:
+``pip install 'pyroflows[arviz]'``. The verdicts and thresholds are shared with pyroflows
+(:mod:`flowcommon.diagnostics`).
 """
 
 from flowcommon.diagnostics import VIDiagnostics, psis, verdict_for

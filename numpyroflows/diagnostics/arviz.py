@@ -1,11 +1,11 @@
 """VI diagnostics and ArviZ conversion for any NumPyro guide: PSIS k̂, ELBO / IW-ELBO, ESS, ``InferenceData``.
 
-The mirror of :mod:`pyroflows.diagnostics.arviz`. Each draw runs the guide under ``seed`` + ``substitute(params)``,
-replays the model on the guide's trace and takes log w = log p(θ, data) - log q(θ) as the sums of the two traces'
-site log-densities (scaled, masked; with the guide's ``intermediates`` where a transformed distribution kept them).
-For ``AutoContinuous`` guides the guide trace holds the auxiliary latent's density and the ``Delta`` sites' log|det|,
-so the difference is the exact log weight for the constrained θ. Draws are evaluated with ``jax.vmap`` over keys; a
-model that cannot be vmapped is evaluated one draw at a time, with a warning.
+Each draw runs the guide under ``seed`` + ``substitute(params)``, replays the model on the guide's trace and takes
+``log w = log p(θ, data) - log q(θ)`` as the sums of the two traces' site log-densities (scaled, masked; with the
+guide's ``intermediates`` where a transformed distribution kept them). For ``AutoContinuous`` guides the guide trace
+holds the auxiliary latent's density and the ``Delta`` sites' log|det|, so the difference is the exact log weight for
+the constrained θ. Draws are evaluated with ``jax.vmap`` over keys; a model that cannot be vmapped is evaluated one draw
+at a time, with a warning.
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
 """``Flow``: a standard normal pushed through a stack of transforms, and the NumPyro distribution it returns.
 
-Mirrors :mod:`pyroflows.flows.core`. A flow is a JAX pytree whose leaves are its parameters; ``flow.params`` is a flat
-dict keyed like pyroflows' ``state_dict`` (``"transforms.0.made.flat"``, ...), ``flow.with_params(p)`` returns the same
-flow with other values, and :func:`numpyroflows.module` registers the parameters with NumPyro (``numpyro.param``).
+A flow is a JAX pytree whose leaves are its parameters, so it passes through ``jax.jit``, ``jax.grad`` and optax
+updates as it is; ``flow.params`` is a flat dict keyed ``"transforms.{i}.<name>"`` (``"transforms.0.made.flat"``,
+...), ``flow.with_params(p)`` returns the same flow with other values, and :func:`numpyroflows.module` registers the
+parameters with NumPyro (``numpyro.param``). ``flow(context)`` is a :class:`FlowDistribution`, a NumPyro
+``Distribution`` usable in any model or guide. The keys are those of pyroflows' ``state_dict``, so parameters move
+between the packages by name.
 """
 
 from __future__ import annotations
@@ -38,7 +41,13 @@ RECIPES: dict[str, type] = {}
 @jax.tree_util.register_pytree_node_class
 class Flow:
     """A normalizing flow ``x = T(z)``, ``z ~ base`` (standard normal by default); calling it returns a NumPyro
-    distribution. ``base`` may be any NumPyro distribution with ``event_shape == (input_dim,)``, as in pyroflows.
+    distribution.
+
+    Args:
+        transforms: the transforms of ``T`` (:class:`~numpyroflows.transforms.FlowTransform` instances), applied first
+            to last from base to data; they share one ``input_dim`` and (those that take one) one ``context_dim``.
+        base: any NumPyro distribution with ``event_shape == (input_dim,)``; ``None`` for the standard normal. A flow
+            with a custom base cannot be saved by :func:`numpyroflows.save`.
 
     Example:
         >>> flow = NSF(input_dim=2, key=jax.random.PRNGKey(0))
@@ -86,7 +95,7 @@ class Flow:
 
     @property
     def params(self) -> dict[str, Array]:
-        """All parameters, keyed as in pyroflows' ``state_dict``."""
+        """All parameters, a flat dict keyed ``"transforms.{i}.<name>"`` (the keys of pyroflows' ``state_dict``)."""
         return {f"transforms.{i}.{k}": v for i, t in enumerate(self.transforms) for k, v in t.params.items()}
 
     def with_params(self, params: dict[str, Array]) -> Flow:
@@ -163,8 +172,8 @@ class Flow:
 
 
 def base_log_prob(flow: Flow, z: Array) -> Array:
-    """Log-density of ``flow``'s base at ``z``: ``flow.base`` when set, else the standard normal, summed over the
-    last axis (mirrors :func:`pyroflows.flows.core.base_log_prob`)."""
+    """Log-density of ``flow``'s base at ``z`` ``(..., input_dim)``: ``flow.base`` when set, else the standard normal,
+    summed over the last axis; shape ``(...)``."""
     if flow.base is not None:
         return flow.base.log_prob(z)
     return -0.5 * jnp.sum(z * z, -1) - flow.input_dim * _HALF_LOG_2PI

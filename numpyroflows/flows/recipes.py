@@ -1,6 +1,19 @@
-"""Named flows in JAX, with the arguments and defaults of :mod:`pyroflows.flows.recipes` (plus a PRNG ``key``),
-``output_init`` included (``1e-3``: start near the base distribution; ``"fan_in"``: random output weights, see
-:func:`pyroflows.nn.mlp.output_init_bound`)."""
+"""Named flows in JAX: configurations of transforms with the defaults the papers found good.
+
+Every recipe is a :class:`~numpyroflows.flows.core.Flow` subclass with a standard normal base and a keyword-only PRNG
+``key`` for its initial parameters (``PRNGKey(0)`` if None); calling it (with a context when ``context_dim > 0``)
+returns a NumPyro distribution. Arguments use Pyro's vocabulary: ``input_dim``, ``context_dim``, ``num_transforms``,
+``hidden_dims``, ``count_bins``, ``bound``.
+
+The MADE/MLP-conditioned recipes (:class:`MAF`, :class:`IAF`, :class:`NSF`, :class:`Coupling`, :class:`RealNVP`,
+:class:`NICE`) also take ``output_init``, the start of the conditioners' output weights: the default ``1e-3`` starts
+the flow within about ``1e-3`` of its base distribution (what a guide or a VAE encoder wants); ``"fan_in"``
+(``±1/sqrt(width)``, as in ``torch.nn.Linear``, zuko and FlowJAX) is an option for density estimation (see
+:func:`~numpyroflows.nn.mlp.output_init_bound` for when each start helps).
+
+Arguments and defaults are those of ``pyroflows.flows`` (plus ``key``), and the flows have the same parameter
+names, so a flow trained in one package loads in the other (:func:`numpyroflows.import_params`).
+"""
 
 from __future__ import annotations
 
@@ -29,7 +42,18 @@ def _orders(i: int, input_dim: int, randperm: bool = False) -> str | tuple[int, 
 
 class MAF(Flow):
     """Masked autoregressive flow (Papamakarios et al. 2017): density in one pass per layer, sampling in ``D``.
-    Same arguments as :class:`pyroflows.flows.MAF` (``randperm`` included: the same orders), plus ``key``."""
+
+    ``num_transforms`` MADE-conditioned autoregressive layers
+    (:class:`~numpyroflows.transforms.AutoregressiveTransform`) with any transformer (``"affine"`` by default; with
+    ``"spline"`` this is NSF), the order reversed between layers; ``randperm=True`` gives every layer after the first a
+    random order instead (seeded, the same orders as pyroflows), as zuko's ``randperm`` and FlowJAX's permutations do,
+    which helps in more than two dimensions. ``key`` is split into one key per layer.
+
+    Example:
+        >>> flow = MAF(input_dim=4, num_transforms=5, hidden_dims=(64, 64), key=jax.random.PRNGKey(0))
+        >>> flow().log_prob(jnp.zeros((10, 4))).shape
+        (10,)
+    """
 
     _orientation = "maf"
 
@@ -58,13 +82,15 @@ class MAF(Flow):
 
 
 class IAF(MAF):
-    """Inverse autoregressive flow (Kingma et al. 2016): sampling in one pass per layer, density of data in ``D``."""
+    """Inverse autoregressive flow (Kingma et al. 2016): sampling and the density of its own samples in one pass
+    per layer, the density of fresh data in ``D``. Same arguments as :class:`MAF`."""
 
     _orientation = "iaf"
 
 
 class NSF(Flow):
-    """Neural spline flow, autoregressive (Durkan et al. 2019): MAF with rational-quadratic splines."""
+    """Neural spline flow, autoregressive (Durkan et al. 2019): :class:`MAF` with rational-quadratic spline
+    transformers of ``count_bins`` bins on ``[-bound, bound]`` and identity tails."""
 
     def __init__(
         self,
@@ -94,8 +120,9 @@ def _keys(key: Array | None, n: int):
 
 
 class Coupling(Flow):
-    """Coupling flow with any transformer (RealNVP with ``"affine"``, NSF-C with ``"spline"``); masks alternate
-    parity between layers. Same arguments as :class:`pyroflows.flows.Coupling`."""
+    """Coupling flow with any transformer: ``"affine"`` is RealNVP (Dinh et al. 2017), ``"spline"`` NSF-C (Durkan et
+    al. 2019), ``"additive"`` NICE without the final scaling. Masks alternate parity between layers (layer ``i`` draws
+    a ``"random"`` mask from seed ``i``); both directions take one pass."""
 
     def __init__(
         self,
@@ -148,7 +175,8 @@ class RealNVP(Flow):
 
 
 class NICE(Flow):
-    """NICE (Dinh et al. 2014): additive coupling layers followed by a diagonal scaling."""
+    """NICE (Dinh et al. 2014): additive (volume-preserving) coupling layers followed by a diagonal scaling, the only
+    layer that changes volume."""
 
     def __init__(
         self,
@@ -175,7 +203,8 @@ class NICE(Flow):
 
 
 class Elementwise(Flow):
-    """An elementwise flow: ``num_transforms`` elementwise transformers (a spline by default)."""
+    """An elementwise flow: ``num_transforms`` elementwise transformers (a spline by default) with learned
+    parameters, conditional on the context when ``context_dim > 0``."""
 
     def __init__(
         self,
@@ -199,7 +228,12 @@ class Elementwise(Flow):
 
 
 class BNAF(Flow):
-    """Block neural autoregressive flow (De Cao et al. 2019), reversed order between layers, gated residual."""
+    """Block neural autoregressive flow (De Cao et al. 2019): ``num_transforms`` BNAF layers with reversed
+    dimension order between them. ``orientation="maf"`` (default) puts the network on the data side, so
+    ``log_prob`` is one pass and sampling solves monotone equations; ``"iaf"`` the reverse (for variational
+    inference). Both directions are exact on fresh data. The default gated residual ``σ(g)·x + (1-σ(g))·f(x)`` keeps
+    every layer onto ``R^D`` with slope at least ``σ(g)``, so the density has no flat, far-reaching plateaus where the
+    tanh network saturates."""
 
     def __init__(
         self,
@@ -252,7 +286,7 @@ class Radial(Flow):
 
 
 class Sylvester(Flow):
-    """Sylvester flow (van den Berg et al. 2018) with Householder or orthogonal ``Q``."""
+    """Sylvester flow (van den Berg et al. 2018) with Householder or orthogonal ``Q``, exact inverse of fresh data."""
 
     def __init__(
         self,

@@ -1,27 +1,32 @@
 """Block neural autoregressive flow (De Cao, Titov & Aziz 2019, "Block Neural Autoregressive Flow"), in JAX.
 
-The JAX twin of :mod:`pyroflows.functional.bnaf`: the same formulas, constants, weight layouts and conventions.
 The map is a neural network ``f(x) = W_L σ(W_{L-1} … σ(W_1 x + b_1 + C c) …) + b_L`` whose weight matrices are
 *block lower-triangular*: with ``D`` inputs and ``a_l`` units per dimension in layer ``l`` (``a_0 = a_L = 1``),
 ``W_l`` has ``D × D`` blocks of shape ``(a_l, a_{l-1})``; upper blocks are zero, strictly-lower blocks are free and
 diagonal blocks have positive entries. Each row is weight-normalised (paper eq. 9),
-``W_r = exp(s_r) v_r / ‖v_r‖`` with ``v_r`` holding ``exp(raw)`` on the diagonal block and ``raw`` below it.
+``W_r = exp(s_r) v_r / ‖v_r‖`` with ``v_r`` holding ``exp(raw)`` on the diagonal block and ``raw`` below it. With
+strictly increasing activations ``σ`` the output ``y_i`` depends on ``x_{≤i}`` only and ``∂y_i/∂x_i > 0``.
 An optional context shift ``C c`` is added to the first layer's pre-activations.
 
-Log-determinant: the Jacobian is triangular and its diagonal is propagated in log space (eq. 11),
-``log J_l[i] = logsumexp_k(log W_l[i, :, k] + log J_{l-1}[i, k]) (+ log σ'(u_l[i]))``.
+Log-determinant: the Jacobian is triangular, so ``log|det| = Σ_i log ∂y_i/∂x_i``, and ``∂y_i/∂x_i`` is the product of
+the ``i``-th diagonal blocks and the activation derivatives. It is propagated in log space (eq. 11),
+``log J_l[i] = logsumexp_k(log W_l[i, :, k] + log J_{l-1}[i, k]) (+ log σ'(u_l[i]))``; every term is positive, so
+this never forms the full Jacobian nor subtracts.
 
 Residual (paper §3.3): ``"normal"`` ``y = x + f(x)``, ``"gated"`` ``y = sigmoid(g) x + (1 - sigmoid(g)) f(x)``;
-without one, ``y = f(x) + LEAK · x`` (onto ``R^D``, ``∂y_i/∂x_i ≥ LEAK``).
+without one, ``y = f(x) + LEAK · x``: a tanh network alone has a bounded range, the leak makes the map onto ``R^D`` (so
+every ``y`` has an inverse) and bounds ``∂y_i/∂x_i`` below by ``LEAK``.
 
 Inverse: coordinate by coordinate (a ``lax.fori_loop`` over ``i``: one compiled solve for any ``D``), each a scalar
 monotone bisection on the network of the ``i``-th diagonal blocks with the contributions of ``x_{<i}`` as fixed
 offsets (values only), then one Newton step ``x ← x - J⁻¹ (f(x) - y)`` through the full forward with the triangular
-Jacobian ``J`` held constant, so that derivatives follow the implicit-function theorem. Everything is jit- and
-vmap-compatible.
+Jacobian ``J`` held constant, so that derivatives follow the implicit-function theorem,
+``dx = J⁻¹ (dy - ∂f/∂θ dθ)`` (an elementwise Newton step would miss the off-diagonal terms). The paper gives no
+inverse; this one is the package's own. Everything is jit- and vmap-compatible.
 
 Layers are passed as a sequence of ``(weight, log_diag, bias)`` from :func:`masked_block_weight`; hidden layers are
-followed by the activation, the last one is linear.
+followed by the activation, the last one is linear. Formulas, constants and weight layouts are those of
+``pyroflows.functional.bnaf``, so weights move between the packages unchanged.
 """
 
 from __future__ import annotations
@@ -52,14 +57,17 @@ _SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus returns x itself abov
 
 
 def _softplus(x: Array) -> Array:
-    """``log(1 + e^x)`` exactly as ``torch.nn.functional.softplus`` (``x`` itself above 20), where-safe."""
+    """``log(1 + e^x)``, and ``x`` itself above 20 (as ``torch.nn.functional.softplus``, so values match pyroflows
+    to rounding), written with ``where`` so that neither branch overflows."""
     return jnp.where(x > _SOFTPLUS_THRESHOLD, x, jnp.log1p(jnp.exp(jnp.where(x > _SOFTPLUS_THRESHOLD, 0.0, x))))
 
 
 def block_masks(dim: int, a_out: int, a_in: int) -> tuple[Array, Array]:
     """Boolean masks ``(dim·a_out, dim·a_in)`` of the diagonal blocks and of the strictly-lower blocks.
 
-    Mirrors :func:`pyroflows.functional.bnaf.block_masks`.
+    A layer with ``a_in`` units per dimension in and ``a_out`` out has ``dim × dim`` blocks of shape
+    ``(a_out, a_in)``; block ``(i, j)`` is diagonal for ``i = j`` and strictly lower for ``i > j``. The masks are
+    built with NumPy from static sizes, so the function may be called inside ``jax.jit``.
 
     Example:
         >>> diag, lower = block_masks(3, 2, 1)
@@ -77,8 +85,8 @@ def masked_block_weight(
     """A weight-normalised block lower-triangular matrix with positive diagonal blocks (paper eq. 9).
 
     ``v = exp(raw)`` on the diagonal blocks, ``raw`` on the strictly-lower blocks, ``0`` above; each row is rescaled
-    to norm ``exp(log_scale)``: ``W_r = exp(log_scale_r) v_r / ‖v_r‖``. Mirrors
-    :func:`pyroflows.functional.bnaf.masked_block_weight`.
+    to norm ``exp(log_scale)``: ``W_r = exp(log_scale_r) v_r / ‖v_r‖``. The log-diagonal is computed from ``raw``
+    and ``log_scale`` directly (never as ``log W``), so it is exact even where an entry of ``W`` underflows.
 
     Args:
         raw: unconstrained entries ``(dim·a_out, dim·a_in)`` (those above the diagonal blocks are ignored).
@@ -111,8 +119,9 @@ def activation(u: Array, name: str) -> tuple[Array, Array]:
     """A strictly increasing activation and its log-derivative, elementwise.
 
     ``"tanh"``: ``σ(u) = tanh(u)``, ``log σ' = log(1 - tanh²u)``; ``"leaky_tanh"``: ``σ(u) = tanh(u) + α u`` with
-    ``α = LEAKY_TANH_SLOPE``, ``log σ' = logaddexp(log(1 - tanh²u), log α)``. Mirrors
-    :func:`pyroflows.functional.bnaf.activation`.
+    ``α = LEAKY_TANH_SLOPE``, ``log σ' = logaddexp(log(1 - tanh²u), log α)``. ``log(1 - tanh²u)`` is evaluated as
+    ``log 4 - 2|u| - 2 softplus(-2|u|)``, finite for any ``u``. Returns ``(σ(u), log σ'(u))``, both of ``u``'s
+    shape; an unknown ``name`` raises a ``ValueError`` naming :data:`ACTIVATIONS`.
     """
     if name == "tanh":
         return jnp.tanh(u), _log_sech2(u)
@@ -168,7 +177,8 @@ def bnaf_forward(
 ) -> tuple[Array, Array]:
     """``y = f(x)`` of a BNAF and the elementwise ``log ∂y_i/∂x_i`` (diagonal of the triangular Jacobian).
 
-    Mirrors :func:`pyroflows.functional.bnaf.bnaf_forward` (De Cao, Titov & Aziz 2019, eqs. (8)-(11)).
+    The block-masked network of De Cao, Titov & Aziz (2019), eqs. (8)-(11), with the log-diagonal propagated in log
+    space through the layers and the residual (module docstring). Pure; jit-, vmap- and grad-compatible.
 
     Args:
         x: inputs ``(..., D)``.
@@ -212,8 +222,9 @@ def bnaf_jacobian(
 ) -> Array:
     """The full (lower-triangular) Jacobian ``∂y/∂x`` of :func:`bnaf_forward`, shape ``(..., D, D)``.
 
-    Propagated densely layer by layer, ``J_l = diag(σ'(u_l)) W_l J_{l-1}``; used by the inverse's Newton step.
-    Mirrors :func:`pyroflows.functional.bnaf.bnaf_jacobian`.
+    Propagated densely layer by layer, ``J_l = diag(σ'(u_l)) W_l J_{l-1}``, then combined with the residual
+    (``+ LEAK·I``, ``+ I``, or the gated mix); used by the inverse's Newton step. Arguments as in
+    :func:`bnaf_forward`; the batch shape is that of the broadcast ``x`` and ``context_shift``.
     """
     _check(act, residual, gate)
     dim = x.shape[-1]
@@ -265,8 +276,8 @@ def bnaf_inverse(
     Solves ``y_i = f_i(x_{<i}, x_i)`` for ``i = 0 … D-1`` by bracketed bisection on the scalar network of the
     ``i``-th diagonal blocks (values only), then takes one differentiable Newton step ``x - J⁻¹ (f(x) - y)`` (``J``
     held constant, triangular) so that derivatives w.r.t. ``y``, the layers and the context follow the
-    implicit-function theorem. Mirrors :func:`pyroflows.functional.bnaf.bnaf_inverse` (the inverse is ours, not the
-    paper's).
+    implicit-function theorem. The bisection runs in one ``lax.fori_loop`` over ``i``, so a single compiled solve
+    serves every ``D``; the paper gives no inverse, this one is the package's own.
 
     Args:
         y: outputs ``(..., D)``.

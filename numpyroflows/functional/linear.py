@@ -1,10 +1,10 @@
 """Linear bijections (LU, Householder) and fixed elementwise nonlinearities (leaky ReLU, sigmoid, tanh), in JAX.
 
-The JAX twin of :mod:`pyroflows.functional.linear`: the same formulas, constants, argument names and return
-conventions. Pure functions: no parameters, no state. Every ``*_forward`` returns ``(y, log|det ∂y/∂x|)`` and every
+Pure functions: no parameters, no state. Every ``*_forward`` returns ``(y, log|det ∂y/∂x|)`` and every
 ``*_inverse`` returns ``(x, log|det ∂x/∂y|)``; log-determinants are summed over the last axis (shape ``batch``).
 Matrices and vectors may carry their own batch shape (parameters produced from a context); it broadcasts against the
-input's. All functions are jit- and vmap-compatible.
+input's. All functions are jit- and vmap-compatible. Formulas, constants, argument names and return conventions are
+those of ``pyroflows.functional.linear``.
 """
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ _SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus returns x itself abov
 
 
 def _softplus(x: Array) -> Array:
-    """``log(1 + e^x)`` exactly as ``torch.nn.functional.softplus`` (``x`` itself above 20), where-safe."""
+    """``log(1 + e^x)``, and ``x`` itself above 20 (as ``torch.nn.functional.softplus``, so values match pyroflows
+    to rounding), written with ``where`` so that neither branch overflows."""
     return jnp.where(x > _SOFTPLUS_THRESHOLD, x, jnp.log1p(jnp.exp(jnp.where(x > _SOFTPLUS_THRESHOLD, 0.0, x))))
 
 
 def _clamp(x: Array, lo: float, hi: float) -> Array:
-    """``torch.clamp``: the gradient is 1 on the closed interval ``[lo, hi]`` (ties included), 0 outside."""
+    """``clamp(x, lo, hi)`` whose gradient is 1 on the closed interval ``[lo, hi]`` (ties included) and 0 outside
+    (``jnp.clip`` would halve it at the ends)."""
     return jnp.where(x < lo, lo, jnp.where(x > hi, hi, x)).astype(x.dtype)
 
 
@@ -41,8 +43,8 @@ def lu_factors(packed: Array, raw_diag: Array) -> tuple[Array, Array, Array]:
     """Unit lower triangular ``L`` and upper triangular ``U`` with positive diagonal from unconstrained parameters.
 
     ``L = I + tril(packed, -1)``, ``U = triu(packed, 1) + diag(d)`` with ``d = 1e-3 + softplus(raw_diag + c)`` (``c``
-    such that ``raw_diag = 0`` gives ``d = 1``, see :func:`numpyroflows.functional.affine.affine_scale`). Mirrors
-    :func:`pyroflows.functional.linear.lu_factors`.
+    such that ``raw_diag = 0`` gives ``d = 1``, see :func:`numpyroflows.functional.affine.affine_scale`): every
+    choice of the raw parameters gives an invertible ``L U``, and all-zero raw parameters give the identity.
 
     Args:
         packed: ``(..., D, D)``; its strict lower part fills ``L``, its strict upper part fills ``U``.
@@ -63,12 +65,15 @@ def lu_forward(
     """``y = P L U x + b`` with ``(P z)_i = z_{perm_i}``; ``log|det| = Σ log diag(U)``.
 
     The LU-decomposed linear layer of Glow (Kingma & Dhariwal, 2018, "Glow: Generative Flow with Invertible 1x1
-    Convolutions"), on vectors. Mirrors :func:`pyroflows.functional.linear.lu_forward`.
+    Convolutions"), on vectors. The log-determinant costs ``O(D)`` (no determinant of a dense matrix is formed).
 
     Args:
         x: ``(..., D)``.
         lower, upper: ``(D, D)`` or ``(B..., D, D)`` from :func:`lu_factors`; ``log_diag``: ``(D,)`` or ``(B..., D)``.
         perm: ``(D,)`` integer array; shift: ``(D,)`` or ``(B..., D)``.
+
+    Returns:
+        ``(y, log|det|)``, shapes ``(..., D)`` and ``(...)`` (the broadcast batch shape).
     """
     weight = (lower @ upper)[..., perm, :]
     if weight.ndim == 2:
@@ -85,7 +90,8 @@ def lu_inverse(
     """``x = U⁻¹ L⁻¹ Pᵀ (y - b)`` by two triangular solves; ``log|det| = -Σ log diag(U)``.
 
     Args as in :func:`lu_forward`, with ``inv_perm = argsort(perm)``. Batched matrices (from a context) broadcast
-    against the batch shape of ``y``. Mirrors :func:`pyroflows.functional.linear.lu_inverse`.
+    against the batch shape of ``y``; unbatched ones are solved once for the whole batch. Returns
+    ``(x, log|det ∂x/∂y|)``, shapes ``(..., D)`` and ``(...)``.
     """
     z = (y - shift)[..., inv_perm]
     if lower.ndim == 2 and upper.ndim == 2:
@@ -103,7 +109,7 @@ def lu_inverse(
 
 
 def _reflect(x: Array, v: Array) -> Array:
-    # where (not maximum): a zero vector then gets a zero gradient, as with torch's clamp_min, instead of 0·inf
+    # where (not maximum): a zero vector then gets a zero gradient instead of 0·inf
     norm2 = (v * v).sum(-1, keepdims=True)
     norm2 = jnp.where(norm2 < jnp.finfo(v.dtype).tiny, jnp.finfo(v.dtype).tiny, norm2)
     return x - (2.0 * (x * v).sum(-1, keepdims=True) / norm2) * v
@@ -112,12 +118,16 @@ def _reflect(x: Array, v: Array) -> Array:
 def householder_forward(x: Array, vectors: Array) -> tuple[Array, Array]:
     """``y = H_K ⋯ H_1 x`` with ``H_k = I - 2 v_k v_kᵀ / ‖v_k‖²``; orthogonal, so ``log|det| = 0``.
 
-    Tomczak & Welling (2016), "Improving Variational Auto-Encoders using Householder Flow". Mirrors
-    :func:`pyroflows.functional.linear.householder_forward`.
+    Tomczak & Welling (2016), "Improving Variational Auto-Encoders using Householder Flow". The reflections are
+    applied one by one (``O(K·D)`` per vector, no ``D × D`` matrix is formed); a zero vector leaves ``x`` unchanged
+    and gets a zero gradient.
 
     Args:
         x: ``(..., D)``.
         vectors: ``(K, D)`` or ``(B..., K, D)``; ``v_1`` is applied first.
+
+    Returns:
+        ``(y, zeros)``, shapes ``(..., D)`` and ``(...)``.
     """
     for k in range(vectors.shape[-2]):
         x = _reflect(x, vectors[..., k, :])
@@ -127,7 +137,7 @@ def householder_forward(x: Array, vectors: Array) -> tuple[Array, Array]:
 def householder_inverse(y: Array, vectors: Array) -> tuple[Array, Array]:
     """``x = H_1 ⋯ H_K y`` (each reflection is its own inverse; reverse order); ``log|det| = 0``.
 
-    Mirrors :func:`pyroflows.functional.linear.householder_inverse`.
+    Arguments and shapes as in :func:`householder_forward`.
     """
     for k in reversed(range(vectors.shape[-2])):
         y = _reflect(y, vectors[..., k, :])
@@ -141,10 +151,13 @@ def leaky_relu_forward(x: Array, slope: Array) -> tuple[Array, Array]:
     """``y = x`` for ``x ≥ 0``, ``slope · x`` otherwise; ``log|det| = Σ_{x_i < 0} log slope_i``.
 
     An invertible elementwise nonlinearity (Papamakarios et al., 2021, "Normalizing Flows for Probabilistic
-    Modeling and Inference", section 3.1). Mirrors :func:`pyroflows.functional.linear.leaky_relu_forward`.
+    Modeling and Inference", section 3.1).
 
     Args:
         x: ``(..., D)``; slope: positive, ``(D,)`` or ``(B..., D)``.
+
+    Returns:
+        ``(y, log|det|)``, shapes ``(..., D)`` and ``(...)`` (the broadcast batch shape).
     """
     neg = x < 0
     y = jnp.where(neg, slope * x, x)
@@ -155,7 +168,8 @@ def leaky_relu_forward(x: Array, slope: Array) -> tuple[Array, Array]:
 def leaky_relu_inverse(y: Array, slope: Array) -> tuple[Array, Array]:
     """``x = y`` for ``y ≥ 0``, ``y / slope`` otherwise; ``log|det| = -Σ_{y_i < 0} log slope_i``.
 
-    Mirrors :func:`pyroflows.functional.linear.leaky_relu_inverse`.
+    The inverse of :func:`leaky_relu_forward` (a positive slope keeps the sign, so ``y < 0`` exactly where
+    ``x < 0``); arguments and shapes as there.
     """
     neg = y < 0
     x = jnp.where(neg, y / slope, y)
@@ -175,8 +189,8 @@ def sigmoid_forward(x: Array) -> tuple[Array, Array]:
     """``y = σ(x) = 1 / (1 + e^{-x})``; ``log σ'(x) = -softplus(-x) - softplus(x)``.
 
     The output is clamped into the open interval ``(0, 1)`` (representable numbers), so that far inputs give an
-    output whose inverse is finite; the log-det uses the stable formula and stays finite for any ``x``. Mirrors
-    :func:`pyroflows.functional.linear.sigmoid_forward`.
+    output whose inverse is finite; the log-det uses the stable formula and stays finite for any ``x``. ``x`` is
+    ``(..., D)``; returns ``y`` of the same shape and the log-det summed over the last axis, ``(...)``.
     """
     lo, hi = _open_unit_bounds(x.dtype)
     y = _clamp(jax.nn.sigmoid(x), lo, hi)
@@ -186,8 +200,8 @@ def sigmoid_forward(x: Array) -> tuple[Array, Array]:
 def sigmoid_inverse(y: Array) -> tuple[Array, Array]:
     """``x = logit(y) = log y - log(1 - y)``; ``log|det ∂x/∂y| = -Σ (log y + log(1 - y))``.
 
-    ``y`` is clamped into ``(0, 1)`` first (validate it before calling to reject values outside). Mirrors
-    :func:`pyroflows.functional.linear.sigmoid_inverse`.
+    ``y`` is clamped into ``(0, 1)`` first (validate it before calling to reject values outside), so the result is
+    finite for any input. ``y`` is ``(..., D)``; the log-det is summed over the last axis.
     """
     lo, hi = _open_unit_bounds(y.dtype)
     y = _clamp(y, lo, hi)
@@ -198,8 +212,8 @@ def sigmoid_inverse(y: Array) -> tuple[Array, Array]:
 def tanh_forward(x: Array) -> tuple[Array, Array]:
     """``y = tanh(x)``; ``log tanh'(x) = 2 (log 2 - x - softplus(-2x))`` (stable for any ``x``).
 
-    The output is clamped into the open interval ``(-1, 1)`` so that far inputs have a finite inverse. Mirrors
-    :func:`pyroflows.functional.linear.tanh_forward`.
+    The output is clamped into the open interval ``(-1, 1)`` so that far inputs have a finite inverse. ``x`` is
+    ``(..., D)``; returns ``y`` of the same shape and the log-det summed over the last axis, ``(...)``.
     """
     _, hi = _open_unit_bounds(x.dtype)
     y = _clamp(jnp.tanh(x), -hi, hi)
@@ -210,8 +224,8 @@ def tanh_forward(x: Array) -> tuple[Array, Array]:
 def tanh_inverse(y: Array) -> tuple[Array, Array]:
     """``x = atanh(y) = (log(1 + y) - log(1 - y)) / 2``; ``log|det ∂x/∂y| = -Σ (log(1 + y) + log(1 - y))``.
 
-    ``y`` is clamped into ``(-1, 1)`` first (validate it before calling to reject values outside). Mirrors
-    :func:`pyroflows.functional.linear.tanh_inverse`.
+    ``y`` is clamped into ``(-1, 1)`` first (validate it before calling to reject values outside), so the result is
+    finite for any input. ``y`` is ``(..., D)``; the log-det is summed over the last axis.
     """
     _, hi = _open_unit_bounds(y.dtype)
     y = _clamp(y, -hi, hi)

@@ -1,17 +1,24 @@
 """Positive mixtures of monotone functions, in JAX: a linear term plus a non-negative combination of logistic sigmoids.
 
-The JAX twin of :mod:`pyroflows.functional.mixture` (same formulas, constants and raw-parameter layout):
-``y = a·x + Σ_k w_k σ((x - b_k) / s_k)`` with ``a > 0``, ``w_k ≥ 0``, ``s_k > 0``, a bijection of R with
-``dy/dx = a + Σ_k (w_k / s_k) σ(z_k) σ(-z_k) ≥ a``, ``z_k = (x - b_k)/s_k``. The "sum of sigmoids" family of
-Huang et al. 2018, "Neural Autoregressive Flows", with the linear term of the logistic-mixture CDFs of Ho et al. 2019,
-"Flow++".
+``y = a·x + Σ_k w_k σ((x - b_k) / s_k)`` with ``a > 0``, ``w_k ≥ 0``, ``s_k > 0`` and ``σ`` the logistic sigmoid.
+Every term is non-decreasing and the linear term strictly increasing, so the map is a bijection of R with
+``dy/dx = a + Σ_k (w_k / s_k) σ(z_k) σ(-z_k) ≥ a``, ``z_k = (x - b_k)/s_k``. This is the monotone "sum of sigmoids"
+family of neural autoregressive flows (Huang et al. 2018, "Neural Autoregressive Flows"), here with an explicit
+linear term that makes the map onto R (as in the "mixture of logistics" CDFs of Ho et al. 2019, "Flow++").
 
 Raw parameters (last axis, ``3K + 1``): ``[raw_a | raw_w (K) | raw_b (K) | raw_s (K)]`` with
 ``a = MIN_A + softplus(raw_a + c_a)`` (1 at raw 0), ``w_k = softplus(raw_w + c_w)`` (``0.1 / K`` at raw 0),
-``b_k = raw_b + β_k`` with ``β = linspace(-3, 3, K)``, ``s_k = MIN_S + softplus(raw_s + c_s)`` (1 at raw 0).
+``b_k = raw_b + β_k`` with fixed, evenly spread offsets ``β = linspace(-3, 3, K)`` (so that components at raw zeros
+are distinct and receive distinct gradients), ``s_k = MIN_S + softplus(raw_s + c_s)`` (1 at raw 0). Raw zeros give
+``x ≤ y ≤ x + 0.1``: close to the identity.
 
-The inverse has no closed form: the root lies in ``[(y - Σw)/a, y/a]``; bisection there, then one differentiable
-Newton step (:mod:`numpyroflows.functional.root`) for implicit-function derivatives.
+The inverse has no closed form. Since ``0 ≤ Σ w σ ≤ Σ w``, the root lies in ``[(y - Σw)/a, y/a]``; it is found by
+bisection on that bracket (values only) and polished by one differentiable Newton step
+(:mod:`numpyroflows.functional.root`), so that its derivatives are the implicit-function ones.
+
+All functions are pure and jit/vmap-able. Formulas, constants and the raw-parameter layout are those of
+``pyroflows.functional.mixture`` (down to the bits of the offsets ``β``), so raw parameters move between the packages
+unchanged.
 """
 
 from __future__ import annotations
@@ -62,7 +69,9 @@ def _centers(k: int, dtype) -> Array:
 def mixture_params(params: Array) -> tuple[Array, Array, Array, Array]:
     """Constrained ``(a (...), w (..., K), b (..., K), s (..., K))`` from raw parameters ``(..., 3K + 1)``.
 
-    Mirrors :func:`pyroflows.functional.mixture.mixture_params`.
+    ``a = MIN_A + softplus(raw_a + c_a)``, ``w = softplus(raw_w + c_w)``, ``b = raw_b + linspace(-3, 3, K)`` and
+    ``s = MIN_S + softplus(raw_s + c_s)``, with the shifts chosen so that raw zeros give ``a = 1``, ``w_k = 0.1 / K``
+    and ``s_k = 1`` (module docstring).
     """
     k = (params.shape[-1] - 1) // 3
     a = MIN_A + _softplus(params[..., 0] + _A_SHIFT)
@@ -90,7 +99,8 @@ def _broadcast(z: Array, params: Array) -> tuple[Array, Array]:
 def mixture_forward(x: Array, params: Array) -> tuple[Array, Array]:
     """``y = a x + Σ w σ((x - b)/s)`` and ``log(a + Σ (w/s) σ'((x - b)/s))`` elementwise.
 
-    ``params`` broadcasts to ``x.shape + (3K + 1,)``. Mirrors :func:`pyroflows.functional.mixture.mixture_forward`.
+    ``params`` broadcasts to ``x.shape + (3K + 1,)`` (layout in the module docstring); both outputs have the
+    broadcast batch shape. The log-derivative is at least ``log MIN_A``, so it is finite for any input.
 
     Example:
         >>> y, ladj = mixture_forward(jnp.linspace(-2, 2, 4), jnp.zeros((4, 25)))  # K = 8, close to the identity
@@ -104,7 +114,9 @@ def mixture_inverse(y: Array, params: Array, tol: float | None = None) -> tuple[
     """``x`` with ``mixture_forward(x) = y`` and the FORWARD log-derivative at ``x``.
 
     Bisection on ``[(y - Σw)/a, y/a]`` (values only), then one Newton step with autodiff so that ``dx/dθ`` and
-    ``dx/dy`` are the implicit-function derivatives. Mirrors :func:`pyroflows.functional.mixture.mixture_inverse`.
+    ``dx/dy`` are the implicit-function derivatives. ``params`` as in :func:`mixture_forward`; ``tol`` is the
+    bisection tolerance (default :func:`~numpyroflows.functional.root.default_tol` of the dtype). Jit- and
+    vmap-compatible (the bisection is a ``lax.while_loop``).
     """
     y, params = _broadcast(y, params)
     a, w, b, s = mixture_params(params)

@@ -1,14 +1,21 @@
 """Planar flow ``y = x + û tanh(wᵀx + b)`` (Rezende & Mohamed 2015, "Variational Inference with Normalizing Flows"),
 in JAX.
 
-The JAX twin of :mod:`pyroflows.functional.planar` (same formulas, constants and parameter layouts). The
-invertibility condition ``wᵀû ≥ -1`` is enforced by the paper's appendix A reparameterisation
-``û = u + (m(wᵀu) - wᵀu) w / ‖w‖²`` with ``m(a) = -1 + softplus(a)``; ``log|det| = log(tanh²(z) + softplus(wᵀu)
-(1 - tanh²(z)))`` with ``z = wᵀx + b`` (no cancellation). The inverse reduces to the scalar increasing equation
-``wᵀy = α + wᵀû tanh(α + b)`` for ``α = wᵀx``, solved by bracketed bisection on ``[wᵀy - |wᵀû|, wᵀy + |wᵀû|]`` and
-one differentiable Newton step (:func:`~numpyroflows.functional.root.newton_polish`), then ``x = y - û tanh(α + b)``.
+The invertibility condition ``wᵀû ≥ -1`` is enforced by the reparameterisation of the paper's appendix A:
+``û = u + (m(wᵀu) - wᵀu) w / ‖w‖²`` with ``m(a) = -1 + softplus(a)``, so that ``wᵀû = m(wᵀu) > -1`` for every raw
+``u, w``. The Jacobian is ``I + û wᵀ tanh'(z)``, ``z = wᵀx + b``, whose determinant is ``1 + wᵀû tanh'(z)``; with
+``wᵀû = -1 + softplus(wᵀu)`` and ``tanh' = 1 - tanh²`` it is computed without cancellation as
+``tanh²(z) + softplus(wᵀu) (1 - tanh²(z)) ≥ 0``.
 
-Shapes: ``x``/``y`` ``(..., D)``; ``u``, ``w`` ``(..., D)``; ``b`` ``(...)``; all batch shapes broadcast.
+The inverse has no closed form but reduces to one scalar monotone equation: with ``α = wᵀx``,
+``wᵀy = α + wᵀû tanh(α + b)``, whose derivative ``1 + wᵀû tanh'`` is non-negative. It is solved by bracketed
+bisection on ``[wᵀy - |wᵀû|, wᵀy + |wᵀû|]`` (the root always lies there since ``|tanh| < 1``) followed by one
+differentiable Newton step (:func:`~numpyroflows.functional.root.newton_polish`), and then ``x = y - û tanh(α + b)``.
+It inverts any ``y``, not only outputs the map produced itself (no cache is involved).
+
+Shapes: ``x``/``y`` ``(..., D)``; ``u``, ``w`` ``(..., D)``; ``b`` ``(...)``; all batch shapes broadcast. The
+functions are pure and jit/vmap-able; formulas, constants and parameter layouts are those of
+``pyroflows.functional.planar``.
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ def _tiny(t: Array) -> float:
 
 
 def _softplus(x: Array) -> Array:
-    """``log(1 + eˣ)`` with torch's default threshold (``x`` itself above 20), as ``torch.nn.functional.softplus``."""
+    """``log(1 + eˣ)``, and ``x`` itself above 20 (the threshold of ``torch.nn.functional.softplus``, so values match
+    pyroflows to rounding)."""
     return jnp.where(x > 20.0, x, jnp.log1p(jnp.exp(jnp.minimum(x, 20.0))))
 
 
@@ -40,7 +48,7 @@ def planar_constrain(u: Array, w: Array) -> tuple[Array, Array, Array]:
     """The constrained ``û`` of a planar flow and the scalars ``wᵀû`` and ``1 + wᵀû``.
 
     ``û = u + (m(wᵀu) - wᵀu) w / ‖w‖²`` with ``m(a) = -1 + softplus(a)`` (Rezende & Mohamed 2015, appendix A), so
-    that ``wᵀû = m(wᵀu) ≥ -1`` for any raw ``u``, ``w``. Mirrors :func:`pyroflows.functional.planar.planar_constrain`.
+    that ``wᵀû = m(wᵀu) ≥ -1`` for any raw ``u``, ``w``: every raw value gives an invertible layer.
 
     Args:
         u: raw ``u``, shape ``(..., D)``.
@@ -66,7 +74,8 @@ def _log_det_term(t: Array, sp: Array) -> Array:
 def planar_forward(x: Array, u: Array, w: Array, b: Array) -> tuple[Array, Array]:
     """Planar map ``y = x + û tanh(wᵀx + b)`` and ``log|det ∂y/∂x| = log|1 + wᵀû tanh'(wᵀx + b)|``.
 
-    Rezende & Mohamed 2015, eq. (10)-(12) and appendix A. Mirrors :func:`pyroflows.functional.planar.planar_forward`.
+    Rezende & Mohamed 2015, eq. (10)-(12) and appendix A; the log-determinant is computed without cancellation
+    (module docstring).
 
     Args:
         x: inputs ``(..., D)``.
@@ -88,14 +97,15 @@ def planar_inverse(y: Array, u: Array, w: Array, b: Array) -> tuple[Array, Array
 
     Solves ``wᵀy = α + wᵀû tanh(α + b)`` for ``α = wᵀx`` by bracketed bisection plus one differentiable Newton step
     (derivatives follow the implicit-function theorem), then ``x = y - û tanh(α + b)``; ``log_det = -log|1 + wᵀû
-    tanh'(α + b)|``. Rezende & Mohamed 2015 (the map). Mirrors :func:`pyroflows.functional.planar.planar_inverse`.
+    tanh'(α + b)|``. The map is that of Rezende & Mohamed 2015; the scalar reduction follows from
+    ``x = y - û tanh(wᵀx + b)``. Jit- and vmap-compatible (the bisection is a ``lax.while_loop``).
 
     Args:
         y: outputs ``(..., D)``.
         u, w, b: as in :func:`planar_forward`.
 
     Returns:
-        ``(x, log_det)``.
+        ``(x, log_det)``, shapes ``(..., D)`` and ``(...)`` (the broadcast batch shape).
     """
     u_hat, m, sp = planar_constrain(u, w)
     target = (w * y).sum(-1)

@@ -1,14 +1,19 @@
 """Radial flow ``y = x + β h(α, r) (x - x₀)`` (Rezende & Mohamed 2015, "Variational Inference with Normalizing Flows"),
 in JAX.
 
-The JAX twin of :mod:`pyroflows.functional.radial` (same formulas, constants and parameter layouts).
-``r = ‖x - x₀‖``, ``h = 1 / (α + r)``, ``α = softplus(raw_α) > 0``, ``β = -α + softplus(raw_β) ≥ -α`` (appendix A).
-With ``s = α + β = softplus(raw_β)``: ``1 + βh = (s + r)/(α + r)`` and ``1 + βh + βh'r = (r² + 2αr + αs)/(α + r)²``,
-so ``log|det| = (D-1) log(1 + βh) + log(1 + βh + βh'r)`` has no cancellation. The inverse is closed-form: ``r`` is
-the positive root of ``r² + (s - ρ) r - αρ = 0``, ``ρ = ‖y - x₀‖`` (cancellation-free branch on the sign of
-``c = s - ρ``), then ``x = y - β/(s + r) (y - x₀)``.
+``r = ‖x - x₀‖``, ``h(α, r) = 1 / (α + r)``, ``α = softplus(raw_α) > 0`` and ``β = -α + softplus(raw_β) ≥ -α``
+(the invertibility condition of the paper's appendix A). The Jacobian is ``(1 + βh) I + βh' (x-x₀)(x-x₀)ᵀ / r``,
+so ``log|det| = (D-1) log(1 + βh) + log(1 + βh + βh' r)`` with ``h' = -1/(α+r)²``. Writing
+``s = α + β = softplus(raw_β) ≥ 0`` both factors are ratios of non-negative terms, ``1 + βh = (s + r)/(α + r)`` and
+``1 + βh + βh'r = (r² + 2αr + αs)/(α + r)²``, which is how they are computed (no cancellation).
+
+The inverse is in closed form: the map only rescales ``x - x₀``, so ``ρ = ‖y - x₀‖ = r (s + r)/(α + r)``, i.e.
+``r² + (s - ρ) r - αρ = 0``, whose positive root is taken in the cancellation-free form (``(-c + √(c²+4αρ))/2`` for
+``c = s - ρ ≤ 0``, ``2αρ / (c + √(c²+4αρ))`` otherwise); then ``x = y - β/(s + r) (y - x₀)``.
 
 Shapes: ``x``/``y`` ``(..., D)``; ``x0`` ``(..., D)``; ``raw_alpha``, ``raw_beta`` ``(...)``; batch shapes broadcast.
+The functions are pure (jit- and vmap-able); formulas, constants and parameter layouts are those of
+``pyroflows.functional.radial``.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ def _tiny(t: Array) -> float:
 
 
 def _softplus(x: Array) -> Array:
-    """``log(1 + eˣ)`` with torch's default threshold (``x`` itself above 20), as ``torch.nn.functional.softplus``."""
+    """``log(1 + eˣ)``, and ``x`` itself above 20 (the threshold of ``torch.nn.functional.softplus``, so values match
+    pyroflows to rounding)."""
     return jnp.where(x > 20.0, x, jnp.log1p(jnp.exp(jnp.minimum(x, 20.0))))
 
 
@@ -32,7 +38,8 @@ def radial_alpha_beta(raw_alpha: Array, raw_beta: Array) -> tuple[Array, Array, 
     """Constrained ``(α, β, α + β)`` of a radial flow from raw parameters.
 
     ``α = softplus(raw_alpha) > 0``, ``β = -α + softplus(raw_beta) ≥ -α`` (Rezende & Mohamed 2015, appendix A);
-    ``α + β = softplus(raw_beta)`` is returned directly. Mirrors :func:`pyroflows.functional.radial.radial_alpha_beta`.
+    ``α + β = softplus(raw_beta)`` is returned directly so that callers never cancel ``α`` against ``β``. The three
+    outputs have the broadcast shape of the raw parameters.
     """
     alpha = _softplus(jnp.asarray(raw_alpha))
     s = _softplus(jnp.asarray(raw_beta))
@@ -55,7 +62,8 @@ def _norm(v: Array) -> Array:
 def radial_forward(x: Array, x0: Array, raw_alpha: Array, raw_beta: Array) -> tuple[Array, Array]:
     """Radial map ``y = x + β/(α + r) (x - x₀)`` and ``log|det ∂y/∂x| = (D-1) log(1 + βh) + log(1 + βh + βh'r)``.
 
-    Rezende & Mohamed 2015, eq. (14) and appendix A. Mirrors :func:`pyroflows.functional.radial.radial_forward`.
+    Rezende & Mohamed 2015, eq. (14) and appendix A; both factors of the log-determinant are computed as ratios of
+    non-negative terms (module docstring), so it has no cancellation.
 
     Args:
         x: inputs ``(..., D)``.
@@ -63,7 +71,7 @@ def radial_forward(x: Array, x0: Array, raw_alpha: Array, raw_beta: Array) -> tu
         raw_alpha, raw_beta: raw parameters ``(...)``, constrained by :func:`radial_alpha_beta`.
 
     Returns:
-        ``(y, log_det)``.
+        ``(y, log_det)``, shapes ``(..., D)`` and ``(...)`` (the broadcast batch shape).
     """
     alpha, beta, s = radial_alpha_beta(raw_alpha, raw_beta)
     diff = x - x0
@@ -76,8 +84,8 @@ def radial_inverse(y: Array, x0: Array, raw_alpha: Array, raw_beta: Array) -> tu
     """Closed-form inverse of :func:`radial_forward` for any ``y``, and ``log|det ∂x/∂y|``.
 
     ``r`` is the positive root of ``r² + (α + β - ρ) r - αρ = 0`` with ``ρ = ‖y - x₀‖`` (computed stably), then
-    ``x = x₀ + (y - x₀) / (1 + βh(r))``. Rezende & Mohamed 2015 (the map). Mirrors
-    :func:`pyroflows.functional.radial.radial_inverse`.
+    ``x = x₀ + (y - x₀) / (1 + βh(r))``. The map is that of Rezende & Mohamed 2015; the inverse follows from it (module
+    docstring).
 
     Args:
         y: outputs ``(..., D)``.

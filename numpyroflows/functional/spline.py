@@ -1,9 +1,9 @@
 """Monotone rational-quadratic splines with linear tails (Durkan et al. 2019, "Neural Spline Flows"), in JAX.
 
-Mirrors :mod:`pyroflows.functional.spline`. On ``[-bound, bound]`` the map is a piecewise rational-quadratic
-function through ``K + 1`` knots with positive derivatives at the knots; outside it is the identity (derivative 1 at
-both ends, so the map is C¹). Raw parameters are unconstrained: ``K`` bin widths, ``K`` bin heights and ``K - 1``
-interior derivatives, last axis laid out as ``[widths | heights | derivatives]``:
+On ``[-bound, bound]`` the map is a piecewise rational-quadratic function through ``K + 1`` knots with positive
+derivatives at the knots; outside it is the identity (derivative 1 at both ends, so the map is C¹). Raw parameters are
+unconstrained: ``K`` bin widths, ``K`` bin heights and ``K - 1`` interior derivatives, last axis laid out as
+``[widths | heights | derivatives]``:
 
     widths  w_j = 2·bound·(m + (1 - m·K)·softmax(raw_w)_j),   knots x_j = -bound + Σ_{i<j} w_i   (same for heights)
     derivs  d_j = m_d + softplus(raw_d_j + c)  (j = 1..K-1),  d_0 = d_K = 1
@@ -16,17 +16,20 @@ with ``c`` chosen so that all-zero raw parameters give the identity. In bin ``k`
 and the inverse is the root of a quadratic in ``ξ``, taken on either sign of its linear coefficient in the form that
 does not cancel (:func:`_stable_root`).
 
-Speed (see ``benchmarks/RESULTS.md``): as pyroflows' fused kernel, the selected bin's knots are computed on a
-bins-first ``(3K - 1, N)`` layout over the flattened values (``param_axis=0`` accepts it directly, as autoregressive
-layers produce it), and :func:`_bin_params` carries a tangent rule that touches only the two selected knots. The
-rational-quadratic itself is left to JAX's autodiff, so every order of derivative is available. Parameters shared
-across the values (an elementwise layer) skip that layout: their knots are computed once and each value's bin
-gathered (:func:`_shared_bin_params`).
+Speed: the selected bin's knots are computed on a bins-first ``(3K - 1, N)`` layout over the flattened values
+(``param_axis=0`` accepts it directly, as autoregressive layers produce it), and :func:`_bin_params` carries a tangent
+rule that touches only the two selected knots. The rational-quadratic itself is left to JAX's autodiff, so every order
+of derivative is available. Parameters shared across the values (an elementwise layer) skip that layout: their knots are
+computed once and each value's bin gathered (:func:`_shared_bin_params`).
 
-Numerics: inputs are clamped into the bound before any division, square root or logarithm (with ``where``, so that
-the gradient at exactly ``±bound`` passes to the input as torch's ``clamp`` does), the identity tails are added back
-as ``(x - x_c)`` after the in-bound part (exactly zero inside), and the root is clamped to ``[0, 1]`` in value only;
-every branch of every ``where`` is finite, so values and gradients stay finite for inputs far outside the bound.
+Numerics: inputs are clamped into the bound before any division, square root or logarithm (with ``where``, so that the
+gradient at exactly ``±bound`` passes to the input unchanged, where ``jnp.clip`` would halve it), the identity tails are
+added back as ``(x - x_c)`` after the in-bound part (exactly zero inside), and the root is clamped to ``[0, 1]`` in
+value only; every branch of every ``where`` is finite, so values and gradients stay finite for inputs far outside the
+bound.
+
+The functions are pure and work under ``jax.jit`` and ``jax.vmap``. Formulas, constants and the raw-parameter layout
+are those of ``pyroflows.functional.spline``, so raw parameters move between the packages unchanged.
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ _SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus returns its input abo
 
 
 def num_params(count_bins: int) -> int:
-    """Number of raw parameters per element for ``count_bins`` bins (``3K - 1``); mirrors the torch one."""
+    """Number of raw parameters per element for ``count_bins`` bins: ``3K - 1`` (``K`` widths, ``K`` heights and
+    ``K - 1`` interior derivatives)."""
     return 3 * count_bins - 1
 
 
@@ -65,7 +69,14 @@ def spline_knots(params: Array, bound: float) -> tuple[Array, Array, Array]:
 
     Sizes are a softmax with a floor, ``2·bound·(m + (1 - m·K)·e_j/Σe)``, so knot ``j`` is ``c_j + r·Σ_{i<j} e_i``
     with ``c_j = -bound + 2·bound·m·j`` and ``r = 2·bound·(1 - m·K)/Σe``; the end knots are exactly ``±bound`` and
-    the end derivatives exactly 1. Mirrors :func:`pyroflows.functional.spline.spline_knots`.
+    the end derivatives exactly 1 (see the module docstring for the parameterisation).
+
+    Args:
+        params: raw parameters ``(..., 3K - 1)`` laid out ``[widths | heights | derivatives]``.
+        bound: half-width of the spline's interval ``[-bound, bound]``.
+
+    Returns:
+        ``(x_knots, y_knots, derivatives)``, each ``(..., K + 1)``; differentiable in ``params`` to any order.
     """
     params = jnp.asarray(params)
     k = (params.shape[-1] + 1) // 3
@@ -146,18 +157,17 @@ def _bin_params(params_t: Array, value: Array, bound: float, axis: int):
 
     Bins-first: ``params_t`` is ``(3K - 1, *S)`` for values of shape ``S``, so that every op runs over the long
     trailing axes and the sums over bins are adds of whole rows (the parameter axis last, as conditioners lay it out
-    per dimension, made this ~2x slower on CPU). The selected bin does not depend on ``value`` almost everywhere,
+    per dimension, is slower on CPU). The selected bin does not depend on ``value`` almost everywhere,
     so ``value`` carries no derivative.
 
     Derivatives by a tangent rule that uses only the two selected knots: with ``r = 2·bound·(1 - m·K)/Σe``, knot
     ``j`` is ``c_j + r·Σ_{i<j} e_i``, so ``d knot_j = r·Σ_{i<j} e_i du_i - (knot_j - c_j)·Σ_i e_i du_i / Σe`` and
-    ``d d_j = sigmoid(raw_j + c)·d raw_j``. JAX transposes it for reverse mode (the same formula as the backward of
-    pyroflows' fused kernel); higher orders differentiate the rule itself.
+    ``d d_j = sigmoid(raw_j + c)·d raw_j``. JAX transposes it for reverse mode; higher orders differentiate the rule
+    itself.
 
     Evaluated alone (sampling, scoring) the sums over bins are chains of row adds (:func:`_unrolled_sum`); under
     differentiation the rule recomputes the values with plain reductions, which XLA fuses with the rest of a training
-    step (the unrolled adds made a spline training step ~3x slower, plain reductions made sampling ~2x slower).
-    The two agree to rounding.
+    step (each form is the slower one in the other setting). The two agree to rounding.
     """
     return _bin_quantities(params_t, value, bound, axis, _unrolled_sum)[0]
 
@@ -184,8 +194,8 @@ def _bin_params_jvp(bound: float, axis: int, primals, tangents):
 def _shared_bin_params(params: Array, value: Array, bound: float, axis: int):
     """:func:`_bin_params` for parameters ``(*P, 3K - 1)`` shared across values of a larger broadcast shape ``S``
     (an elementwise spline layer: one spline per dimension for the whole batch): the knots are computed once on
-    ``P`` and each value's two knots gathered, rather than the parameters broadcast to every value (measured 4-10x
-    faster there, forward and backward, at batches of 2^12-2^18); the outputs are flattened, as :func:`_flat`'s."""
+    ``P`` and each value's two knots gathered, rather than the parameters broadcast to every value (faster, forward
+    and backward, at every batch size); the outputs are flattened, as :func:`_flat`'s."""
     xk, yk, d = spline_knots(params, bound)
     shape = jnp.broadcast_shapes(value.shape, xk.shape[:-1])
     knots = (xk, yk)[axis]
@@ -201,8 +211,8 @@ def _flat(value: Array, params: Array, param_axis: int) -> tuple[Array, Array, t
     :func:`_bin_params` or :func:`_shared_bin_params` takes them, ``S``, and which of the two (``True``: shared).
 
     Per-value parameters (conditioned layers) go bins-first, ``(3K - 1, N)``: one long contiguous axis, whatever the
-    batch shape (a short last axis, such as the ``1`` of one dimension at a time, left XLA's CPU code unvectorised and
-    ~4x slower). Parameters with fewer elements than ``S`` are shared across values and stay ``(*P, 3K - 1)``."""
+    batch shape (a short last axis, such as the ``1`` of one dimension at a time, leaves XLA's CPU code
+    unvectorised). Parameters with fewer elements than ``S`` are shared across values and stay ``(*P, 3K - 1)``."""
     params = jnp.asarray(params)
     per_value = jnp.moveaxis(params, param_axis, 0) if param_axis != 0 else params
     shape = jnp.broadcast_shapes(value.shape, per_value.shape[1:])
@@ -248,8 +258,20 @@ def _clamp_unit(xi: Array) -> Array:
 def rqs_forward(x: Array, params: Array, bound: float, param_axis: int = -1) -> tuple[Array, Array]:
     """``y = spline(x)`` and ``log |dy/dx|`` elementwise; ``params`` broadcasts to ``x.shape + (3K - 1,)``.
 
-    Mirrors :func:`pyroflows.functional.spline.rqs_forward` (Durkan et al. 2019); any order of derivative in ``x``.
-    ``param_axis=0`` takes the parameters bins-first, ``(3K - 1,) + x.shape`` (the fast layout, no transpose).
+    The rational-quadratic spline of Durkan et al. (2019), "Neural Spline Flows": identity outside
+    ``[-bound, bound]``, ``K`` rational-quadratic bins inside (module docstring for the formulas).
+
+    Args:
+        x: inputs, any shape.
+        params: raw parameters ``[widths | heights | derivatives]`` (``3K - 1`` of them) on axis ``param_axis``; the
+            other axes broadcast against ``x`` (one spline per dimension shared by a batch, or one per value).
+        bound: half-width of the spline's interval.
+        param_axis: the parameter axis of ``params``. ``param_axis=0`` takes them bins-first,
+            ``(3K - 1,) + x.shape``: the fast layout, no transpose (autoregressive layers produce it).
+
+    Returns:
+        ``(y, log |dy/dx|)``, both of the broadcast batch shape. Pure, jit- and vmap-able; derivatives of any order
+        in ``x``, and in ``params`` through a custom JVP rule that is itself differentiable.
     """
     x, params, shape, shared = _flat(jnp.asarray(x), params, param_axis)
     xc = _clamp(x, bound)
@@ -266,8 +288,10 @@ def rqs_forward(x: Array, params: Array, bound: float, param_axis: int = -1) -> 
 def rqs_inverse(y: Array, params: Array, bound: float, param_axis: int = -1) -> tuple[Array, Array]:
     """``x = spline⁻¹(y)`` (closed-form quadratic root) and ``log |dy/dx|`` at ``x`` (the *forward* log-derivative).
 
-    Mirrors :func:`pyroflows.functional.spline.rqs_inverse` (Durkan et al. 2019); ``param_axis`` as in
-    :func:`rqs_forward`.
+    The inverse of :func:`rqs_forward` (Durkan et al. 2019), with the same arguments: in the bin holding ``y`` the
+    relative position ``ξ`` is the root in ``[0, 1]`` of a quadratic, taken in the form without cancellation; outside
+    ``[-bound, bound]`` it is the identity. Returns ``(x, log |dy/dx|)``, both of the broadcast batch shape, so that
+    ``log p_Y(y) = log p_X(x) - log |dy/dx|``. Pure, jit- and vmap-able, and differentiable in ``y`` and ``params``.
     """
     y, params, shape, shared = _flat(jnp.asarray(y), params, param_axis)
     yc = _clamp(y, bound)

@@ -1,14 +1,23 @@
 """Sylvester flow ``y = x + Q R tanh(R̃ Qᵀx + b)`` (van den Berg et al. 2018, "Sylvester Normalizing Flows for
 Variational Inference"), in JAX.
 
-The JAX twin of :mod:`pyroflows.functional.sylvester` (same formulas, constants and parameter layouts). ``Q`` is
-``D×M`` with orthonormal columns, ``R``, ``R̃`` upper triangular ``M×M``, ``b ∈ R^M``; by Sylvester's determinant
-identity ``log|det ∂y/∂x| = Σ_i log|1 + r_ii r̃_ii tanh'(a_i)|`` with ``a = R̃ Qᵀx + b``, invertible when
-``r_ii r̃_ii > -1`` (theorem 2). Inverse (exact, any ``y``): ``Qᵀy = v + R tanh(R̃ v + b)`` with ``v = Qᵀx`` is upper
-triangular, solved from the last component to the first (a ``lax.fori_loop``), each a scalar increasing equation
-``v_k + r_kk tanh(r̃_kk v_k + c_k) = t_k`` (bisection on ``[t_k - |r_kk|, t_k + |r_kk|]`` plus one differentiable
-Newton step); then ``x = y - Q R tanh(R̃ v + b)``. Orthonormal ``Q`` from :func:`householder_product` (UT transform)
-or :func:`orthonormal_columns` (sign-fixed reduced QR).
+``Q`` is ``D×M`` with orthonormal columns, ``R`` and ``R̃`` are upper triangular ``M×M`` and ``b ∈ R^M``. By
+Sylvester's determinant identity ``det(I_D + Q R diag(h') R̃ Qᵀ) = det(I_M + diag(h') R̃ R)``, and ``R̃ R`` is
+upper triangular, so ``log|det ∂y/∂x| = Σ_i log|1 + r_ii r̃_ii tanh'(a_i)|`` with ``a = R̃ Qᵀx + b``. The map is
+invertible when ``r_ii r̃_ii > -1`` (the paper's theorem 2 with ``sup tanh' = 1``); :func:`sylvester_diag` gives the
+paper's choice ``r_ii = tanh(raw)``, ``r̃_ii = tanh(raw̃)``, so ``|r_ii r̃_ii| < 1``.
+
+Inverse (exact, any ``y``): ``Qᵀy = v + R tanh(R̃ v + b)`` with ``v = Qᵀx`` (the orthogonal complement of the span
+of ``Q`` passes unchanged). The system is upper triangular: component ``k`` depends only on ``v_k, …, v_M``, so
+solving from last to first (a ``lax.fori_loop``) leaves one scalar increasing equation per component,
+``v_k + r_kk tanh(r̃_kk v_k + c_k) = t_k``, solved by bracketed bisection on ``[t_k - |r_kk|, t_k + |r_kk|]`` and one
+differentiable Newton step; then ``x = y - Q R tanh(R̃ v + b)``.
+
+Orthonormal ``Q``: :func:`householder_product` (product of Householder reflections, formed without a loop by the
+UT transform) or :func:`orthonormal_columns` (sign-fixed reduced QR of a free ``D×M`` matrix).
+
+The functions are pure and jit/vmap-able; formulas, constants and parameter layouts are those of
+``pyroflows.functional.sylvester``.
 """
 
 from __future__ import annotations
@@ -36,7 +45,8 @@ def _diag_embed(diag: Array) -> Array:
 def sylvester_diag(raw: Array) -> Array:
     """Diagonal of ``R`` or ``R̃`` from raw values: ``tanh(raw) ∈ (-1, 1)``, so ``r_ii r̃_ii > -1``.
 
-    van den Berg et al. 2018, section 4. Mirrors :func:`pyroflows.functional.sylvester.sylvester_diag`.
+    The diagonal activation of van den Berg et al. 2018, section 4 (the choice of their experiments); it keeps every
+    Sylvester layer invertible whatever the raw values.
     """
     return jnp.tanh(raw)
 
@@ -44,7 +54,8 @@ def sylvester_diag(raw: Array) -> Array:
 def upper_triangular(diag: Array, upper: Array | None, index: Array | None) -> Array:
     """Upper-triangular ``(..., M, M)`` matrix with diagonal ``diag`` ``(..., M)`` and strictly-upper entries
     ``upper`` ``(..., M(M-1)/2)`` placed at flat positions ``index`` (row-major, e.g. ``i * M + j`` from
-    ``jnp.triu_indices(M, 1)``). Mirrors :func:`pyroflows.functional.sylvester.upper_triangular`.
+    ``jnp.triu_indices(M, 1)``); ``upper=None`` or ``M = 1`` gives a diagonal matrix. The batch shapes of ``diag``
+    and ``upper`` broadcast.
     """
     m = diag.shape[-1]
     mat = _diag_embed(diag)
@@ -60,8 +71,9 @@ def householder_product(v: Array) -> Array:
     """``Q = H_1 H_2 … H_K`` with ``H_k = I - 2 v_k v_kᵀ / ‖v_k‖²`` for rows ``v_k`` of ``v`` ``(..., K, D)``.
 
     Without a loop by the UT transform (Joffrain et al. 2006): ``Q = I - Vᵀ S⁻¹ V``, ``S`` upper triangular with
-    ``S_ij = v_iᵀ v_j`` (``i < j``) and ``S_ii = ‖v_i‖²/2``; an orthogonal ``D×D`` matrix. Tomczak & Welling 2016;
-    van den Berg et al. 2018. Mirrors :func:`pyroflows.functional.sylvester.householder_product`.
+    ``S_ij = v_iᵀ v_j`` (``i < j``) and ``S_ii = ‖v_i‖²/2``; an orthogonal ``D×D`` matrix (one triangular solve
+    instead of ``K`` sequential reflections). References: Tomczak & Welling 2016 (Householder flows); van den Berg
+    et al. 2018 (Householder Sylvester flows).
     """
     d = v.shape[-1]
     gram = v @ jnp.swapaxes(v, -1, -2)
@@ -75,8 +87,8 @@ def orthonormal_columns(a: Array) -> Array:
     """``D×M`` matrix with orthonormal columns spanning those of ``a`` ``(..., D, M)``, ``M ≤ D``.
 
     The reduced QR factor with column signs fixed so that ``R`` has a non-negative diagonal (the unique, smooth
-    Gram-Schmidt orthonormalisation; full column rank assumed). Mirrors
-    :func:`pyroflows.functional.sylvester.orthonormal_columns`.
+    Gram-Schmidt orthonormalisation of the columns of ``a``; full column rank assumed). Fixing the signs makes the
+    result a smooth function of ``a``, so it can be trained through ``jax.grad``.
     """
     q, r = jnp.linalg.qr(a, mode="reduced")
     d = jnp.diagonal(r, axis1=-2, axis2=-1)
@@ -101,8 +113,8 @@ def _diag_product(r: Array, r_tilde: Array) -> Array:
 def sylvester_forward(x: Array, q: Array, r: Array, r_tilde: Array, b: Array) -> tuple[Array, Array]:
     """Sylvester map ``y = x + Q R tanh(R̃ Qᵀx + b)`` and ``log|det ∂y/∂x| = Σ_i log|1 + r_ii r̃_ii tanh'(a_i)|``.
 
-    van den Berg et al. 2018, eq. (12)-(13) and theorem 2. Mirrors
-    :func:`pyroflows.functional.sylvester.sylvester_forward`.
+    van den Berg et al. 2018, eq. (12)-(13) and theorem 2; the log-determinant costs ``O(M)`` by Sylvester's
+    determinant identity (module docstring).
 
     Args:
         x: inputs ``(..., D)``.
@@ -111,7 +123,7 @@ def sylvester_forward(x: Array, q: Array, r: Array, r_tilde: Array, b: Array) ->
         b: ``(..., M)``.
 
     Returns:
-        ``(y, log_det)``.
+        ``(y, log_det)``, shapes ``(..., D)`` and ``(...)`` (the broadcast batch shape).
     """
     z = _vecmat(x, q)
     a = _vecmat(z, jnp.swapaxes(r_tilde, -1, -2)) + b
@@ -125,9 +137,8 @@ def sylvester_inverse(y: Array, q: Array, r: Array, r_tilde: Array, b: Array) ->
 
     Solves the upper-triangular system ``v + R tanh(R̃ v + b) = Qᵀy`` from the last component to the first in a
     ``lax.fori_loop``, each a scalar increasing equation (bisection plus one differentiable Newton step, so
-    derivatives follow the implicit function theorem), then ``x = y - Q R tanh(R̃ v + b)``. van den Berg et al. 2018
-    (the map; the back-substitution follows theorem 2's proof). Mirrors
-    :func:`pyroflows.functional.sylvester.sylvester_inverse`.
+    derivatives follow the implicit function theorem), then ``x = y - Q R tanh(R̃ v + b)``. The map is that of
+    van den Berg et al. 2018; the back-substitution follows the proof of their theorem 2.
 
     Args:
         y: outputs ``(..., D)``.

@@ -1,9 +1,10 @@
 """``FlowEncoder``: an amortized posterior ``q(z | x)`` for variational autoencoders in NumPyro, a flow on top of a
 diagonal Gaussian whose mean and scale a network computes from ``x``.
 
-Mirrors :mod:`pyroflows.infer.encoder` (same names, arguments, defaults and parameter names, plus a PRNG ``key``).
 The encoder is a JAX pytree whose leaves are its parameters (the feature network's and the flow's);
-``numpyroflows.module("encoder", encoder)`` registers them with ``numpyro.param`` inside a guide.
+``numpyroflows.module("encoder", encoder)`` registers them with ``numpyro.param`` inside a guide. Names, arguments,
+defaults and parameter names are those of pyroflows' ``FlowEncoder`` (plus a PRNG ``key``), so a trained encoder moves
+between the packages by name.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .autoguide import _recipe_arguments
 
 Array = jax.Array
 
-#: name -> (recipe, fixed keyword arguments), as :data:`pyroflows.infer.encoder.ENCODER_FLOWS`.
+#: name -> (recipe, fixed keyword arguments) of the encoder's named flows (``None``: the Gaussian alone).
 ENCODER_FLOWS: dict[str, tuple[type[Flow] | None, dict[str, Any]]] = {
     "diagonal": (None, {}),
     "iaf": (recipes.IAF, {"transformer": "affine"}),
@@ -56,8 +57,7 @@ def _leaf_name(path: tuple) -> str:
 @jax.tree_util.register_pytree_node_class
 class FlowEncoder:
     """An amortized variational posterior ``q(z | x)``: a flow, conditioned on features ``h = net(x)``, on top of a
-    diagonal Gaussian whose mean and scale are linear in ``h`` (Kingma et al. 2016). NumPyro twin of
-    :class:`pyroflows.infer.FlowEncoder`.
+    diagonal Gaussian whose mean and scale are linear in ``h`` (Kingma et al. 2016).
 
     ``z = T_K ∘ … ∘ T_1(μ(h) + σ(h) ⊙ ε; h)``, ``ε ~ N(0, I)``, with ``(μ, log-scale) = W h + b`` (``σ = 1e-3 +
     softplus``) and flow layers ``T_k`` whose parameters are computed from ``h``. The chain is one numpyroflows
@@ -79,11 +79,12 @@ class FlowEncoder:
     Either way its parameters are part of :attr:`params` (named ``"net.<path>"``), so
     ``numpyroflows.module("encoder", encoder)`` registers them with NumPyro and SVI trains them with the flow.
 
-    Flows, defaults and initialisation are those of :class:`pyroflows.infer.FlowEncoder` (``"diagonal"``, ``"iaf"``
-    (default), ``"spline_iaf"``, ``"maf"``, ``"planar"``, ``"radial"``, ``"sylvester"``, or a callable
-    ``(latent_dim, context_dim) -> Flow``; ``num_transforms`` 2 autoregressive / 8 planar, radial / 4 Sylvester;
-    MADE widths ``max(64, 4 latent_dim)`` twice, planar/radial/Sylvester parameters linear in ``h``; mean head with
-    ``torch.nn.Linear``'s initialisation, ``σ = init_scale`` for every ``x`` at the start).
+    Flows: ``"diagonal"`` (the Gaussian alone), ``"iaf"`` (default), ``"spline_iaf"``, ``"maf"``, ``"planar"``,
+    ``"radial"``, ``"sylvester"``, or a callable ``(latent_dim, context_dim) -> Flow``. Defaults: ``num_transforms``
+    2 autoregressive / 8 planar, radial / 4 Sylvester; MADE widths ``max(64, 4 latent_dim)`` twice; planar, radial and
+    Sylvester parameters linear in ``h``. Initialisation: the mean head as ``torch.nn.Linear`` (uniform in
+    ``±1/sqrt(feature_dim)``), the scale head's bias at ``init_scale`` and its weights near zero, so that
+    ``σ ≈ init_scale`` for every ``x`` at the start. These are pyroflows' choices too.
 
     Args:
         net: the feature network (see above).
@@ -105,7 +106,7 @@ class FlowEncoder:
         ...     with numpyro.plate("data", x.shape[0]):
         ...         numpyro.sample("z", enc(x))
 
-    Parameters (:attr:`params`, names as pyroflows' ``state_dict``): ``net.*``,
+    Parameters (:attr:`params`, names as in pyroflows' ``state_dict``): ``net.*``,
     ``flow.transforms.0.head.net.context_layer.{weight,bias}`` (the Gaussian: rows ``:latent_dim`` the mean, the rest
     the raw scale), ``flow.transforms.{k}.*`` (the flow layers).
 

@@ -1,6 +1,7 @@
 """Maximum-likelihood density estimation in JAX: :func:`fit` trains a flow on data with Adam, mini-batches and early
-stopping (the mirror of :mod:`pyroflows.infer.fit`: same keywords, defaults, split and batch order; the backend-free
-half is :mod:`flowcommon.fit`).
+stopping, and returns the trained flow (a new pytree) with a :class:`FitHistory`. The backend-free half (argument
+checks, the split, the batch order, the history) is :mod:`flowcommon.fit`, shared with pyroflows, whose ``fit`` has
+the same keywords and defaults and, for the same ``seed``, the same split and batch order.
 
 Training runs in jitted chunks: one compiled ``lax.while_loop`` performs up to ``eval_every`` optimizer steps on
 batches gathered on the device (from a table of pre-permuted row indices), and one compiled function evaluates the
@@ -398,7 +399,7 @@ def fit(
 
     The start: the recipes begin at their base distribution (conditioners' ``output_init=1e-3``); for maximum
     likelihood that is also the better start for spline flows (NSF), while ``output_init="fan_in"`` (random output
-    weights, as in zuko and FlowJAX) suits the affine MAF (``benchmarks/RESULTS.md``, "the conditioners' start").
+    weights, as in zuko and FlowJAX) can suit the affine MAF.
 
     Example:
         >>> flow = flows.MAF(input_dim=2, key=jax.random.PRNGKey(0))

@@ -3,7 +3,8 @@ on.
 
 :class:`FeatureMLP` is the default feature network of :class:`~numpyroflows.infer.FlowEncoder` (VAE encoders), a
 callable pytree of its parameters; any callable pytree (an Equinox module) or ``(apply_fn, params)`` pair serves as
-well. Mirrors :mod:`pyroflows.nn.features` (same names, arguments and parameter names).
+well. Names, arguments and parameter names are those of ``pyroflows.nn.features``, so a trained feature network moves
+between the packages by name.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ class FeatureMLP:
         >>> net(jnp.ones((5, 784))).shape
         (5, 300)
 
-    Parameters (``net.params``): ``layers.{i}.weight`` (``(out, in)``) and ``layers.{i}.bias``, as in pyroflows'
-    ``FeatureMLP``.
+    Parameters (``net.params``): ``layers.{i}.weight`` (``(out, in)``) and ``layers.{i}.bias``, the leaves of the
+    pytree, so ``jax.grad`` and optax update them directly; the names are those of ``pyroflows.nn.FeatureMLP``.
     """
 
     def __init__(self, in_features: int, hidden_dims: Sequence[int] = (300, 300), activation: str = "relu", *,

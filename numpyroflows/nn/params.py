@@ -1,8 +1,14 @@
-"""Constant or context-dependent parameter sets (the JAX twin of :class:`pyroflows.nn.ParamHead`).
+"""Constant or context-dependent parameter sets ("parameter heads") for transforms that are not coupling/autoregressive.
 
-Without a context the parameters are free arrays named after their role (``"{name}"``); with ``context_dim > 0`` they
-are the outputs of an MLP on the context (``"net.*"`` parameters, output bias at the initial values, output weights
-near zero). Names match pyroflows' ``state_dict`` (under the transform's ``head.`` prefix).
+A head holds the raw parameters of a transform (planar, radial, Sylvester, linear and elementwise layers) as a flat
+``{name: array}`` dict. Without a context they are free arrays named after their role (``"{name}"``). With
+``context_dim > 0`` they are the outputs of a small MLP on the context (``"net.*"`` parameters; amortized parameters,
+as in conditional planar flows or VAE encoders): the MLP's output bias starts at the initial values and its output
+weights near zero, so a conditional transform starts where the unconditional one would.
+
+:func:`param_head_init` draws a head from a PRNG key, :func:`param_head_apply` evaluates it (pure, jit-able) and
+:func:`head_params` reads a transform's head out of its parameter dict. The names are those of
+``pyroflows.nn.ParamHead`` (under the transform's ``head.`` prefix), so parameters move between the packages by name.
 """
 
 from __future__ import annotations
@@ -21,7 +27,21 @@ Array = jax.Array
 
 def param_head_init(key: Array, init: Mapping[str, Array], context_dim: int = 0,
                     hidden_dims: Sequence[int] = (64, 64), dtype=jnp.float32) -> dict[str, Array]:
-    """Parameters of a head: ``init`` itself, or (with a context) an MLP whose output bias is ``init`` flattened."""
+    """Initial parameters of a head: ``init`` itself, or (with a context) an MLP whose output bias is ``init``
+    flattened.
+
+    Args:
+        key: PRNG key of the context network (unused without a context).
+        init: initial value of each named parameter (any shapes); with a context they are concatenated, flattened,
+            in the order of ``init``.
+        context_dim: 0 for free parameters, else the size of the context.
+        hidden_dims: hidden widths of the context network.
+        dtype: dtype of every array.
+
+    Returns:
+        ``{name: array}`` without a context, ``{"net.<mlp name>": array}`` with one (see
+        :func:`~numpyroflows.nn.mlp.mlp_init`).
+    """
     if context_dim == 0:
         return {k: jnp.asarray(v, dtype) for k, v in init.items()}
     flat = jnp.concatenate([jnp.asarray(v, dtype).reshape(-1) for v in init.values()])
@@ -32,7 +52,12 @@ def param_head_init(key: Array, init: Mapping[str, Array], context_dim: int = 0,
 def param_head_apply(params: dict[str, Array], shapes: Mapping[str, tuple[int, ...]], context: Array | None = None,
                      activation: str = "relu") -> dict[str, Array]:
     """``{name: array}``: the free parameters, or the MLP's outputs split and reshaped (batch shape of the context
-    in front)."""
+    in front).
+
+    ``shapes`` gives each parameter's shape, in the order of the ``init`` the head was made from; ``activation`` is the
+    context network's hidden nonlinearity. With a context of batch shape ``B`` each array has shape
+    ``B + shapes[name]``. Pure and jit-compatible (the split points are static).
+    """
     if not any(k.startswith("net.") for k in params):
         return {k: params[k] for k in shapes}
     net = {k[len("net."):]: v for k, v in params.items() if k.startswith("net.")}

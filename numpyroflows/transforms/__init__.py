@@ -1,5 +1,11 @@
 """Bijections with parameters in JAX: NumPyro ``Transform`` pytrees with ``forward_and_log_det``,
-``inverse_and_log_det`` (exact on fresh data) and ``condition(context)``."""
+``inverse_and_log_det`` (exact on fresh data) and ``condition(context)``.
+
+Names: a transform that is the layer of a recipe ends in ``Transform`` (``AutoregressiveTransform`` of ``MAF``/``IAF``,
+``CouplingTransform``, ``ElementwiseTransform``, ``BlockNAFTransform``, ``PlanarTransform``, ``RadialTransform``,
+``SylvesterTransform``), so that ``transforms.PlanarTransform`` is never confused with the recipe ``flows.Planar``;
+every other transform is named by its map (``LULinear``, ``Householder``, ``ActNorm``, ``DiagonalAffine``,
+``Permutation``, ``LeakyReLU``, ``Sigmoid``, ``Tanh``)."""
 
 from .autoregressive import AutoregressiveTransform, InverseAutoregressiveTransform, MaskedAutoregressiveTransform
 from .base import TRANSFORMS, ConditionedTransform, FlowChain, FlowTransform, from_config

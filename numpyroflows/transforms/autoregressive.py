@@ -1,14 +1,21 @@
 """Autoregressive flows with any transformer, conditioned by MADE, in both orientations (JAX).
 
-Mirrors :mod:`pyroflows.transforms.autoregressive`: ``orientation="maf"`` computes the parameters from the data side
-and evaluates the transformer data to noise (density in one pass, sampling in ``D``), ``"iaf"`` from the noise side,
-evaluating it noise to data (sampling in one pass). The slow direction
-determines one dimension per pass in autoregressive order, computing only that dimension's rows of MADE's output
-layer. The loop over the static ``D`` unrolls under ``jit``, except for large batches on an accelerator, where it is
-a ``lax.scan`` (:data:`SCAN_MIN_BATCH`): on an H100 (8 dimensions, 5 layers, MADE (64, 64)) the scan took 0.60-0.69
-of the unrolled loop's time at 2^18-2^20 points (it was 1.5x FlowJAX's, whose loop is a scan) and 0.85 at 2^16,
-while the unrolled loop stays faster for small batches there (1.2-1.4x at 2^10 for affine layers) and for splines on
-the CPU (the scan took 1.2-1.5x as long at 2^14-2^18 on 2 CPU cores).
+Each dimension is mapped by a transformer ``τ`` whose parameters ``θ_i`` are a function of the dimensions before
+``i`` in the order (and of the context). With ``x`` the noise (base) side and ``y`` the data side:
+
+* ``orientation="maf"`` (density-fast; Papamakarios et al. 2017, "Masked Autoregressive Flow"):
+  ``x_i = τ(y_i; θ_i(y_{<i}))``, ``θ = MADE(y)`` from the data side. The inverse ``y -> x`` (density evaluation)
+  takes one network pass and evaluates ``τ`` forward (for the affine transformer ``x = shift + scale·y``); the forward
+  ``x -> y`` (sampling) takes ``D`` passes through ``τ⁻¹``.
+* ``orientation="iaf"`` (sampling-fast; Kingma et al. 2016, "Improved Variational Inference with Inverse
+  Autoregressive Flow"): ``y_i = τ(x_i; θ_i(x_{<i}))``, ``θ = MADE(x)`` from the noise side. Sampling (and the
+  density of the flow's own samples) takes one pass through ``τ``; the density of fresh data takes ``D`` passes.
+
+Both directions are exact. The slow direction determines one dimension per pass in autoregressive order, computing
+only that dimension's rows of MADE's output layer. The loop over the static ``D``
+unrolls under ``jit``, except for large batches on an accelerator, where it is a ``lax.scan``
+(:data:`SCAN_MIN_BATCH`): there the scan is faster, while the unrolled loop stays faster for small batches and on the
+CPU (``benchmarks/gpu.py`` measures both).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from .transformers import Transformer, make_transformer
 Array = jax.Array
 
 #: Batch size (number of points) from which the slow direction's loop over the dimensions is a ``lax.scan`` rather
-#: than unrolled, on a non-CPU default backend; see the module docstring for the measurements.
+#: than unrolled, on a non-CPU default backend (the crossover measured by ``benchmarks/gpu.py``).
 SCAN_MIN_BATCH = 2**15
 
 
@@ -40,8 +47,29 @@ class AutoregressiveTransform(FlowTransform):
     """An autoregressive bijection with a MADE conditioner: ``y_i = τ(x_i; θ_i(x_{<i}, context))`` (IAF) or
     ``x_i = τ(y_i; θ_i(y_{<i}, context))`` (MAF).
 
-    Same arguments as :class:`pyroflows.transforms.AutoregressiveTransform`, plus ``key`` (a PRNG key for the
-    initial parameters). Parameters: ``"made.flat"`` (and ``"made.context_layer.weight"`` with a context).
+    Args:
+        input_dim: D.
+        transformer: ``"affine"``, ``"additive"``, ``"spline"``, ``"bspline"``, ``"mixture"`` or an instance.
+        context_dim: size of the context (0: none).
+        hidden_dims: MADE hidden widths (at least one layer).
+        orientation: ``"maf"`` (density-fast) or ``"iaf"`` (sampling-fast).
+        order: ``"ascending"``, ``"descending"`` or a permutation listing the dimensions first to last.
+        activation: MADE hidden nonlinearity.
+        count_bins, bound: spline options, passed to the transformer when it takes them.
+        output_init: half-width of the uniform start of MADE's output weights (its bias starts at the transformer's
+            identity), or ``"fan_in"`` for ``±1/sqrt(hidden_dims[-1])``. The default ``1e-3`` starts the layer
+            within about ``1e-3`` of the identity, which a guide or an encoder needs; ``"fan_in"`` (zuko's and
+            FlowJAX's start) can help affine MAFs fitted by maximum likelihood and hurt spline ones (see
+            :func:`~numpyroflows.nn.mlp.output_init_bound`).
+        key: PRNG key of the initial parameters (``PRNGKey(0)`` if None).
+
+    Parameters: ``"made.flat"`` (and ``"made.context_layer.weight"`` with a context), laid out as in
+    :mod:`numpyroflows.nn.made`. Arguments and parameter names are those of
+    ``pyroflows.transforms.AutoregressiveTransform`` (plus ``key``), so parameters move between the packages by name.
+
+    Example:
+        >>> t = AutoregressiveTransform(4, "spline", orientation="maf", key=jax.random.PRNGKey(0))
+        >>> x, ladj = t.inverse_and_log_det(jnp.zeros((100, 4)))   # one pass
     """
 
     def __init__(

@@ -1,14 +1,18 @@
 """The base class of every numpyroflows bijection: a NumPyro ``Transform`` that is a JAX pytree of its parameters.
 
-Mirrors :mod:`pyroflows.transforms.base` (same conventions):
+Conventions:
 
-* ``y = T(x)`` on vectors of size ``input_dim`` (``event_dim = 1``); ``forward_and_log_det(x, context)`` returns
-  ``(y, log|det ∂y/∂x|)`` and ``inverse_and_log_det(y, context)`` returns ``(x, log|det ∂x/∂y|)``, both exact for fresh
-  inputs.
-* Parameters live in ``params``, a dict keyed by the names pyroflows' ``state_dict`` uses (``"made.flat"``, ...), so
-  that parameters move between the packages name for name. Everything else is static configuration: a transform is a
-  pytree whose leaves are exactly its parameters, and passes through ``jax.jit``/``vmap``/``grad``.
-* ``T.condition(context)`` binds a context (a plain NumPyro ``Transform``, also a pytree).
+* A transform maps base-side ``x`` to data-side ``y = T(x)`` on vectors of size ``input_dim`` (``event_dim = 1``).
+* ``forward_and_log_det(x, context)`` returns ``(y, log|det ∂y/∂x|)`` and ``inverse_and_log_det(y, context)`` returns
+  ``(x, log|det ∂x/∂y|)`` (the log-determinant *of the inverse*). Both are exact for fresh inputs; nothing is cached.
+* Parameters live in ``params``, a flat dict of arrays keyed by dotted names (``"made.flat"``, ``"head.loc"``, ...).
+  Everything else is static configuration: a transform is a pytree whose leaves are exactly its parameters, and
+  passes through ``jax.jit``/``vmap``/``grad``; :meth:`FlowTransform.with_params` gives a copy with other values.
+* ``T.condition(context)`` binds a context (a plain NumPyro ``Transform``, also a pytree), usable wherever NumPyro
+  takes a ``Transform``.
+
+These conventions and the parameter names are those of pyroflows (its ``state_dict`` keys), so parameters move between
+the packages name for name.
 """
 
 from __future__ import annotations
@@ -54,8 +58,12 @@ def _freeze(value: Any) -> Any:
 
 
 def record_init_arguments(cls: type) -> None:
-    """Wrap ``cls.__init__`` so that an instance remembers (as JSON) the arguments it was built with; the PRNG
-    ``key`` is not configuration and is left out (see :func:`pyroflows.transforms.base.record_init_arguments`)."""
+    """Wrap ``cls.__init__`` so that an instance remembers (as JSON) the arguments it was built with.
+
+    The outermost constructor call stores ``{"type": class name, "kwargs": JSON-able arguments}`` as ``_flow_config``
+    (straight into ``__dict__``); calls to ``super().__init__`` leave it alone. The PRNG ``key`` is not configuration
+    and is left out. Transforms and flows use it to be saved without pickling code (:meth:`FlowTransform.config`,
+    :func:`from_config`)."""
     init = cls.__dict__.get("__init__")
     if init is None:
         return

@@ -1,7 +1,9 @@
 """Block neural autoregressive flow (De Cao, Titov & Aziz 2019) in JAX, with an inverse that works on fresh data.
 
-Mirrors :mod:`pyroflows.transforms.bnaf` (same arguments, parameter names, initialisation scheme and math; the
-kernels are :mod:`numpyroflows.functional.bnaf`).
+:class:`BlockNAFTransform` holds the parameters; the math (masked weight-normalised blocks, the log-space
+log-determinant, the bisection-plus-Newton inverse) is in :mod:`numpyroflows.functional.bnaf`. Arguments, parameter
+names, initialisation scheme and math are those of ``pyroflows.transforms.BlockNAFTransform``, so parameters move
+between the packages by name.
 """
 
 from __future__ import annotations
@@ -27,14 +29,32 @@ class BlockNAFTransform(FlowTransform):
     ``leaky_tanh`` activations, and a residual ``None`` (``f(x) + 0.01 x``), ``"normal"`` or ``"gated"``; a context
     enters the first pre-activations through an unmasked linear map.
 
-    Same arguments as :class:`pyroflows.transforms.BlockNAFTransform`, plus ``key`` (PRNG key of the initial
-    parameters). Parameters (as pyroflows' ``state_dict``): ``raw_weights.{l}`` ``(D·a_out, D·a_in)``,
-    ``log_scales.{l}`` and ``biases.{l}`` ``(D·a_out,)`` for ``l = 0 … num_layers``, ``context_layer.weight``
-    ``(D·hidden_factor, context_dim)`` with a context, ``gate`` ``(D,)`` with the gated residual.
+    ``f`` alternates masked block lower-triangular linear layers with strictly increasing activations, so ``y_i``
+    depends on ``x_{≤i}`` (and the context) only and ``∂y_i/∂x_i > 0``; ``log|det| = Σ_i log ∂y_i/∂x_i`` is
+    accumulated per block in log space.
 
-    Initialisation (same scheme as pyroflows, other random numbers): raw entries of block row ``i`` Xavier-uniform with
-    fan-in ``(i + 1) a_in`` and fan-out ``a_out`` (zero above the diagonal blocks), log row norms, biases and gate 0,
-    context weights uniform in ``±1/sqrt(context_dim)`` (PyTorch's linear default).
+    Args:
+        input_dim: D.
+        context_dim: size of the context (0: none). The context enters the first layer's pre-activations through
+            an unmasked linear map, so ``y_i`` depends on ``(x_{≤i}, context)``.
+        hidden_factor: hidden units per dimension (``a`` in the paper).
+        num_layers: number of hidden layers (each a masked block linear layer followed by the activation); a last
+            masked layer maps back to ``D``, so there are ``num_layers + 1`` linear layers.
+        activation: ``"tanh"`` (the paper) or ``"leaky_tanh"`` (``tanh(u) + 0.1 u``).
+        residual: ``None`` (``y = f(x) + 0.01 x``: the small linear leak makes the map onto ``R^D``), ``"normal"``
+            (``y = x + f(x)``) or ``"gated"`` (``y = σ(g) x + (1 - σ(g)) f(x)``, one learnable ``g`` per dimension).
+        orientation: ``"iaf"`` (network on the noise side) or ``"maf"`` (network on the data side).
+        key: PRNG key of the initial parameters (``PRNGKey(0)`` if None).
+
+    Parameters: ``raw_weights.{l}`` ``(D·a_out, D·a_in)``, ``log_scales.{l}`` and ``biases.{l}`` ``(D·a_out,)`` for
+    ``l = 0 … num_layers``, ``context_layer.weight`` ``(D·hidden_factor, context_dim)`` with a context, ``gate``
+    ``(D,)`` with the gated residual.
+
+    Initialisation: raw entries of block row ``i`` Xavier-uniform with fan-in ``(i + 1) a_in`` and fan-out ``a_out``
+    (zero above the diagonal blocks; diagonal entries enter through ``exp``, so they start near 1), log row norms,
+    biases and gate 0, context weights uniform in ``±1/sqrt(context_dim)`` (PyTorch's linear default). Unit-norm rows
+    keep the pre-activations of order one for standardised inputs, which keeps training stable (this is not an
+    identity initialisation). The scheme is pyroflows'; the random numbers differ.
 
     Reference: N. De Cao, I. Titov, W. Aziz, "Block Neural Autoregressive Flow", UAI 2019.
     """

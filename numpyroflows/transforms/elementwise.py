@@ -1,8 +1,10 @@
 """Elementwise bijections in JAX: a transformer with constant (or context-dependent) parameters, and fixed
 nonlinearities (leaky ReLU with learnable slopes, sigmoid, tanh).
 
-Mirrors :mod:`pyroflows.transforms.elementwise`: same constructors (plus a keyword-only PRNG ``key``), same parameter
-names (``"head.params"`` / ``"head.raw_slope"``, or ``"head.net.*"`` with a context), same initial values and math.
+Each transform acts on every coordinate separately, so its Jacobian is diagonal and ``log|det|`` is a sum over the
+dimensions. Learnable parameters sit in a parameter head (``"head.params"`` / ``"head.raw_slope"``, or ``"head.net.*"``
+when a context network produces them). Constructors, parameter names, initial values and math are those of
+``pyroflows.transforms`` (plus a keyword-only PRNG ``key``), so parameters move between the packages by name.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ _SOFTPLUS_THRESHOLD = 20.0  # torch.nn.functional.softplus returns x itself abov
 
 
 def _softplus(x: Array) -> Array:
-    """``log(1 + e^x)`` exactly as ``torch.nn.functional.softplus`` (``x`` itself above 20), where-safe."""
+    """``log(1 + e^x)``, and ``x`` itself above 20 (as ``torch.nn.functional.softplus``, so values match pyroflows
+    to rounding), written with ``where`` so that neither branch overflows."""
     return jnp.where(x > _SOFTPLUS_THRESHOLD, x, jnp.log1p(jnp.exp(jnp.where(x > _SOFTPLUS_THRESHOLD, 0.0, x))))
 
 
@@ -36,11 +39,21 @@ def _head_apply(params: dict, name: str, shape: tuple[int, ...], context: Array 
 
 
 class ElementwiseTransform(FlowTransform):
-    """``x_i = τ(y_i; θ_i)`` (data ``y`` to noise ``x``; sampling uses ``τ⁻¹``), one parameter set per dimension.
+    """``x_i = τ(y_i; θ_i)`` (data ``y`` to noise ``x``, the density direction), one parameter set per dimension;
+    sampling uses ``τ⁻¹``.
 
-    With ``context_dim > 0``, ``θ`` is produced from the context by an MLP (a conditional elementwise flow). Same
-    arguments as :class:`pyroflows.transforms.ElementwiseTransform`, plus ``key``. Parameters: ``"head.params"``
-    (``(D, num_params)``), or ``"head.net.*"`` with a context.
+    With ``context_dim > 0``, ``θ`` is produced from the context by an MLP (a conditional elementwise flow). The
+    parameters start at the transformer's identity.
+
+    Args:
+        input_dim: D.
+        transformer: a transformer name (``"spline"``, ``"affine"``, ``"bspline"``, ``"mixture"``, ...) or instance.
+        context_dim: size of the context (0: none).
+        hidden_dims: hidden widths of the context network.
+        count_bins, bound: spline options, passed to the transformer when it takes them.
+        key: PRNG key of the context network (unused without a context).
+
+    Parameters: ``"head.params"`` (``(D, num_params)``), or ``"head.net.*"`` with a context.
 
     Example:
         >>> t = ElementwiseTransform(3, "spline", count_bins=8)
@@ -92,8 +105,21 @@ class LeakyReLU(FlowTransform):
     """Leaky ReLU with a learnable positive negative-side slope per dimension.
 
     ``y = x`` for ``x ≥ 0`` and ``slope ⊙ x`` otherwise, ``slope = 1e-4 + softplus(raw)`` (starts at ``init_slope``);
-    ``log|det| = Σ_{x_i < 0} log slope_i``. Same arguments as :class:`pyroflows.transforms.LeakyReLU`, plus ``key``
-    (used only for the context network). Parameters: ``"head.raw_slope"`` (``(D,)``), or ``"head.net.*"``.
+    ``log|det| = Σ_{x_i < 0} log slope_i``; the slope floor ``MIN_SLOPE = 1e-4`` keeps the log and the inverse
+    finite.
+
+    Args:
+        input_dim: D.
+        context_dim: size of the context (0: free slopes).
+        hidden_dims: hidden widths of the context network.
+        init_slope: initial slope (> 1e-4).
+        key: PRNG key of the context network (unused without a context).
+
+    Parameters: ``"head.raw_slope"`` (``(D,)``), or ``"head.net.*"`` with a context.
+
+    Example:
+        >>> t = LeakyReLU(3, init_slope=0.2)
+        >>> y, ladj = t.forward_and_log_det(jnp.ones((10, 3)))
 
     Reference: Papamakarios et al. (2021), "Normalizing Flows for Probabilistic Modeling and Inference".
     """
@@ -141,9 +167,14 @@ def _check_open_interval(y: Array, low: float, high: float, where: str, fix: str
 
 
 class Sigmoid(FlowTransform):
-    """The logistic sigmoid, mapping R^D onto the open unit cube (see :class:`pyroflows.transforms.Sigmoid`).
+    """The logistic sigmoid, mapping R^D onto the open unit cube.
 
-    ``y = σ(x)``, ``log|det| = Σ (-softplus(-x) - softplus(x))``; inverse ``x = logit(y)``. No parameters, no context.
+    ``y = σ(x)``, ``log|det| = Σ (-softplus(-x) - softplus(x))``; inverse ``x = logit(y)``. Outputs are clamped to
+    the representable open interval so far inputs stay finite. The inverse rejects concrete values outside ``(0, 1)``
+    with a ``ValueError`` naming the fix (skipped under ``jax.jit`` and with ``numpyroflows.set_validation(False)``,
+    where such values are clamped into the interval). No parameters, no context; ``key`` is accepted and unused.
+
+    Reference: Dinh et al. (2017), "Density estimation using Real NVP" (the logit transform of bounded data).
     """
 
     def __init__(self, input_dim: int, *, key: Array | None = None) -> None:  # key: no parameters, accepted for API
@@ -164,10 +195,11 @@ class Sigmoid(FlowTransform):
 
 
 class Tanh(FlowTransform):
-    """The hyperbolic tangent, mapping R^D onto the open cube (-1, 1)^D (see :class:`pyroflows.transforms.Tanh`).
+    """The hyperbolic tangent, mapping R^D onto the open cube (-1, 1)^D.
 
-    ``y = tanh(x)``, ``log|det| = Σ 2 (log 2 - x - softplus(-2x))`` (stable); inverse ``x = atanh(y)``. No parameters,
-    no context.
+    ``y = tanh(x)``, ``log|det| = Σ 2 (log 2 - x - softplus(-2x))`` (stable); inverse ``x = atanh(y)``. Outputs are
+    clamped to the representable open interval so far inputs stay finite. The inverse rejects concrete values outside
+    ``(-1, 1)`` as :class:`Sigmoid`'s does. No parameters, no context; ``key`` is accepted and unused.
     """
 
     def __init__(self, input_dim: int, *, key: Array | None = None) -> None:  # key: no parameters, accepted for API

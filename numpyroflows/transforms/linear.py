@@ -1,21 +1,23 @@
 """Linear bijections in JAX: diagonal affine, LU-decomposed linear, fixed permutations, Householder reflections,
 ActNorm.
 
-Mirrors :mod:`pyroflows.transforms.linear`. Each one (except :class:`Permutation`) holds its raw parameters in a
-parameter head (:func:`~numpyroflows.nn.params.param_head_init`), so with ``context_dim > 0`` they are produced from
-the context by a small MLP (a conditional linear layer); parameter names are those of pyroflows' ``state_dict``
-(``"head.shift"``, ``"head.net.layers.0.weight"``, ...).
+Each one (except :class:`Permutation`) holds its raw parameters in a parameter head
+(:func:`~numpyroflows.nn.params.param_head_init`), so with ``context_dim > 0`` they are produced from the context by a
+small MLP (a conditional linear layer). Parameter names are dotted (``"head.shift"``, ``"head.net.layers.0.weight"``,
+...) and are those of pyroflows' ``state_dict``, so parameters move between the packages name for name.
 
-Buffers. pyroflows keeps three persistent buffers in its ``state_dict``: the permutations ``"perm"``/``"inv_perm"``
-(:class:`Permutation`, :class:`LULinear`) and ActNorm's flag ``"initialized"``. They are kept in ``params`` under the
-same names so that parameters move between the packages name for name, but stored as *floating-point* arrays holding
-integer values (so that ``jax.grad`` of a loss with respect to a whole flow works: JAX refuses integer leaves); their
-gradients are zero and the permutations are rounded back to integers where they are used. Imported integer arrays
-are converted on :meth:`~numpyroflows.transforms.FlowTransform.with_params`; pyroflows casts them back to ``long`` on
-import. Do not apply weight decay to them (optimizers with zero gradients leave them unchanged).
+Buffers. Three integer-valued arrays are configuration or state rather than trainable weights: the permutations
+``"perm"``/``"inv_perm"`` (:class:`Permutation`, :class:`LULinear`) and ActNorm's flag ``"initialized"``. They are kept
+in ``params`` (pyroflows keeps them as persistent buffers in its ``state_dict``, under the same names), but stored as
+*floating-point* arrays holding integer values (so that ``jax.grad`` of a loss with respect to a whole flow works: JAX
+refuses integer leaves); their gradients are zero and the permutations are rounded back to integers where they are used.
+Imported integer arrays are converted on :meth:`~numpyroflows.transforms.FlowTransform.with_params`; pyroflows casts
+them back to ``long`` on import. Do not apply weight decay to them (optimizers with zero gradients leave them
+unchanged).
 
-Random permutations are those of pyroflows: ``torch.randperm`` with a CPU generator seeded with ``seed``, reproduced
-exactly in NumPy (the same Mersenne twister and Fisher–Yates swaps), so that no torch is needed.
+Random permutations are drawn from an integer ``seed`` (not a PRNG key), so they are the same on every machine and in
+both packages: ``torch.randperm`` with a CPU generator seeded with ``seed``, reproduced exactly in NumPy (the same
+Mersenne twister and Fisher–Yates swaps, :func:`torch_randperm`), so that no torch is needed.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from .base import FlowTransform, default_key
 
 Array = jax.Array
 
-#: names of the buffers (integer-valued, stored as floats) that pyroflows keeps in its state_dict
+#: names of the buffers (integer-valued, stored as floats; see the module docstring)
 _BUFFERS = ("perm", "inv_perm", "initialized")
 
 
@@ -85,9 +87,11 @@ def _head_params(key: Array | None, init: dict[str, Any], context_dim: int, hidd
 
 
 def _affine_start(d: int, loc: Any, scale: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Starting ``(shift, raw_scale)`` of a ``DiagonalAffine`` (float64 NumPy, shape ``(d,)``), with the checks and
-    messages of pyroflows' ``_affine_start``; the raw scale is :func:`~numpyroflows.functional.affine.
-    affine_scale_inverse` computed in float64 (exactly 0 for a scale of exactly 1)."""
+    """Starting ``(shift, raw_scale)`` of a ``DiagonalAffine`` (float64 NumPy, shape ``(d,)``) for ``loc`` and
+    ``scale`` (numbers or ``d`` numbers); a ``ValueError`` naming the fix for other shapes, non-finite values or scales
+    at or below the floor (the same messages as pyroflows). The raw scale is
+    :func:`~numpyroflows.functional.affine.affine_scale_inverse` computed in float64 (exactly 0 for a scale of
+    exactly 1)."""
     values = {}
     for name, v in (("loc", loc), ("scale", scale)):
         a = np.asarray(v, dtype=np.float64)
@@ -110,9 +114,22 @@ class DiagonalAffine(_LinearBase):
     """Elementwise affine map with one learnable shift and positive scale per dimension.
 
     ``y = shift + scale ⊙ x`` with ``scale = affine_scale(raw_scale)`` (``1e-3 + softplus``, ``raw_scale = 0`` gives
-    1); ``log|det| = Σ log scale``. Starts at ``shift = loc``, ``scale = scale``: the identity by default. Same
-    arguments as :class:`pyroflows.transforms.DiagonalAffine`, plus ``key`` (PRNG key of the context network).
-    Parameters: ``head.shift``, ``head.raw_scale`` (or ``head.net.*`` with a context).
+    1); ``log|det| = Σ log scale``. Starts at ``shift = loc``, ``scale = scale``: the identity by default.
+
+    Args:
+        input_dim: D.
+        context_dim: size of the context (0: free parameters).
+        hidden_dims: hidden widths of the context network.
+        loc: starting shift, a number or ``D`` numbers (with a context: the network's output bias).
+        scale: starting scale, a number or ``D`` numbers, each above the floor ``1e-3``.
+        key: PRNG key of the context network (unused without a context).
+
+    Parameters: ``head.shift``, ``head.raw_scale`` (or ``head.net.*`` with a context), as in
+    ``pyroflows.transforms.DiagonalAffine``.
+
+    Example:
+        >>> t = DiagonalAffine(3, loc=[1.0, 0.0, -1.0], scale=2.0)
+        >>> y, ladj = t.forward_and_log_det(jnp.zeros((1, 3)))
 
     Reference: Dinh et al. (2017), "Density estimation using Real NVP" (the affine map, here unconditioned).
     """
@@ -144,8 +161,10 @@ class DiagonalAffine(_LinearBase):
 
 def _make_permutation(d: int, permutation: Sequence[int] | str, seed: int, kinds: tuple[str, ...],
                       where: str) -> np.ndarray:
-    """The permutation of ``0..d-1`` that ``permutation`` gives (int64 NumPy), as pyroflows' ``_make_permutation``
-    (``"random"`` is the very permutation pyroflows draws, :func:`torch_randperm`), with its checks and messages."""
+    """The permutation of ``0..d-1`` that ``permutation`` gives (int64 NumPy): a list of ``0..d-1`` itself, or one of
+    ``kinds``: ``"random"`` (drawn from ``seed`` by :func:`torch_randperm`, so the same on every machine and the one
+    pyroflows draws), ``"reverse"`` or ``"identity"``; a ``ValueError`` naming the choices otherwise (``where`` names
+    the argument in the message)."""
     if isinstance(permutation, str):
         if permutation not in kinds:
             raise ValueError(f"{where} must be one of {kinds} or a list of 0..{d - 1}, got {permutation!r}")
@@ -163,12 +182,27 @@ def _make_permutation(d: int, permutation: Sequence[int] | str, seed: int, kinds
 class LULinear(_LinearBase):
     """Invertible linear layer ``y = W x + b`` with ``W = P L U`` (LU-decomposed, as Glow's 1x1 convolutions).
 
-    ``P`` is a fixed permutation, by default drawn at random from ``seed`` (the very permutation pyroflows draws),
-    ``"identity"`` or given (``permutation``); ``L`` is unit lower triangular and ``U`` upper triangular with
-    diagonal ``1e-3 + softplus(raw)`` (raw 0 gives 1), so ``log|det W| = Σ log diag(U)`` and the inverse is two
-    triangular solves. ``L`` and ``U`` start at the identity. Same arguments as
-    :class:`pyroflows.transforms.LULinear`, plus ``key``. Parameters: ``perm``, ``inv_perm``
-    (buffers, see the module docstring), ``head.shift``, ``head.packed``, ``head.raw_diag`` (or ``head.net.*``).
+    ``P`` is a fixed permutation (by default drawn at random from ``seed``), ``L`` is unit lower triangular and ``U``
+    upper triangular with diagonal ``1e-3 + softplus(raw)`` (raw 0 gives 1), so ``log|det W| = Σ log diag(U)`` costs
+    O(D) and the inverse is two triangular solves. ``L`` and ``U`` start at the identity (``W = P``). With a context
+    each batch element gets its own matrix and the solves are batched.
+
+    Without pivoting (``P = I``) not every invertible matrix has an LU factorization, but every one has some ``P``
+    that makes ``P⁻¹ W`` factorizable; a random ``P`` also mixes the coordinates from the first step (Glow fixes ``P``
+    from the LU decomposition of a random rotation). ``permutation="identity"`` gives ``W = L U``, which starts at
+    the identity map (the warm start of ``AutoFlowGuide`` uses it to place ``W`` at a Cholesky factor).
+
+    Args:
+        input_dim: D.
+        context_dim: size of the context (0: free parameters).
+        hidden_dims: hidden widths of the context network.
+        seed: seed of the random permutation (an integer; the permutation is the one pyroflows draws from it).
+        permutation: ``None`` or ``"random"`` (default: drawn from ``seed``), ``"identity"``, or ``P`` itself as a
+            list of ``0..D-1`` (row ``i`` of ``W`` is row ``permutation[i]`` of ``L U``).
+        key: PRNG key of the context network (unused without a context).
+
+    Parameters: ``perm``, ``inv_perm`` (buffers, see the module docstring), ``head.shift``, ``head.packed``,
+    ``head.raw_diag`` (or ``head.net.*``), as in ``pyroflows.transforms.LULinear``.
 
     Reference: Kingma & Dhariwal (2018), "Glow: Generative Flow with Invertible 1x1 Convolutions".
     """
@@ -212,11 +246,24 @@ class LULinear(_LinearBase):
 class Permutation(_LinearBase):
     """A fixed permutation of the coordinates, ``y = x[..., perm]``; ``log|det| = 0``.
 
-    Same arguments as :class:`pyroflows.transforms.Permutation` (``permutation`` overrides ``kind``; ``"reverse"`` or
-    ``"random"`` drawn from ``seed`` exactly as pyroflows draws it); ``key`` is accepted and unused. Parameters: the
-    buffers ``perm`` and ``inv_perm`` only (floats holding integers, see the module docstring; no gradient).
+    Args:
+        input_dim: D.
+        permutation: the permutation as a list of ``0..D-1`` (overrides ``kind``).
+        kind: ``"reverse"`` or ``"random"`` (drawn from ``seed``, exactly as pyroflows draws it), used when
+            ``permutation`` is None.
+        seed: seed of the random permutation.
+        key: accepted for a uniform constructor signature, and unused.
 
-    Reference: Dinh et al. (2015), "NICE"; Papamakarios et al. (2017), "Masked Autoregressive Flow".
+    Parameters: the buffers ``perm`` and ``inv_perm`` only (floats holding integers, see the module docstring; no
+    gradient).
+
+    Example:
+        >>> t = Permutation(3, [2, 0, 1])
+        >>> t.forward_and_log_det(jnp.array([[10.0, 11.0, 12.0]]))[0]
+        Array([[12., 10., 11.]], dtype=float32)
+
+    Reference: Dinh et al. (2015), "NICE: Non-linear Independent Components Estimation" (alternating coupling
+    partitions); Papamakarios et al. (2017), "Masked Autoregressive Flow" (reversed orders between layers).
     """
 
     def __init__(self, input_dim: int, permutation: Sequence[int] | None = None, kind: str = "reverse",
@@ -246,7 +293,8 @@ class ReversePermutation(Permutation):
 
 
 class RandomPermutation(Permutation):
-    """A fixed random permutation drawn from ``seed``, the same as pyroflows' (a :class:`Permutation`)."""
+    """A fixed random permutation of the coordinates drawn from the integer ``seed`` (a :class:`Permutation`); the
+    same seed gives the same permutation on every machine, and in pyroflows."""
 
     def __init__(self, input_dim: int, seed: int = 0, *, key: Array | None = None) -> None:
         super().__init__(input_dim, None, "random", seed)
@@ -256,9 +304,16 @@ class Householder(_LinearBase):
     """Orthogonal map made of ``count`` Householder reflections; volume preserving.
 
     ``y = H_K ⋯ H_1 x`` with ``H_k = I - 2 v_k v_kᵀ / ‖v_k‖²``; ``|det| = 1``; the inverse applies the reflections in
-    reverse order. The vectors start standard normal (drawn from ``key``). Same arguments as
-    :class:`pyroflows.transforms.Householder`, plus ``key``. Parameters: ``head.vectors`` ``(count, D)`` (or
-    ``head.net.*``).
+    reverse order. The vectors start standard normal (drawn from ``key``): a random orthogonal map.
+
+    Args:
+        input_dim: D.
+        context_dim: size of the context (0: free vectors).
+        hidden_dims: hidden widths of the context network.
+        count: number of reflections K.
+        key: PRNG key of the initial vectors and of the context network.
+
+    Parameters: ``head.vectors`` ``(count, D)`` (or ``head.net.*``), as in ``pyroflows.transforms.Householder``.
 
     Reference: Tomczak & Welling (2016), "Improving Variational Auto-Encoders using Householder Flow".
     """
@@ -284,15 +339,21 @@ class Householder(_LinearBase):
 class ActNorm(_LinearBase):
     """Activation normalisation: ``y = loc + scale ⊙ x``, ``scale = exp(log_scale)``, ``log|det| = Σ log_scale``.
 
-    Same arguments and parameters as :class:`pyroflows.transforms.ActNorm` (plus ``key``): ``head.loc``,
-    ``head.log_scale`` (or ``head.net.*``) and the flag ``initialized`` (0/1, a float here; see the module
-    docstring), so an initialised pyroflows ActNorm imports with its fitted values and flag.
+    Args:
+        input_dim: D.
+        context_dim: size of the context (0: free parameters).
+        hidden_dims: hidden widths of the context network.
+        key: PRNG key of the context network (unused without a context).
 
-    Data-dependent initialisation is *explicit* in JAX (pyroflows does it as a side effect of the first call, which a
-    pure function cannot): :meth:`initialize` returns a new transform whose first call on that batch gives zero mean
-    and unit variance per dimension, and :meth:`numpyroflows.flows.Flow.initialize` does it for every ActNorm of a
-    flow the way pyroflows' first ``log_prob`` call would. The forward and inverse maps always use the stored
-    parameters, whatever the flag; an uninitialised layer is the identity.
+    Parameters: ``head.loc``, ``head.log_scale`` (or ``head.net.*``) and the flag ``initialized`` (0/1, stored as a
+    float; see the module docstring). The names are those of ``pyroflows.transforms.ActNorm``, so an initialised
+    pyroflows ActNorm imports with its fitted values and flag.
+
+    Data-dependent initialisation is *explicit*, since a pure function cannot change its own parameters on the first
+    call: :meth:`initialize` returns a new transform whose first call on that batch gives zero mean and unit variance
+    per dimension, and :meth:`numpyroflows.flows.Flow.initialize` does it for every ActNorm of a flow (``fit`` calls
+    it before the first step). The forward and inverse maps always use the stored parameters, whatever the flag; an
+    uninitialised layer without a context is the identity.
 
     Reference: Kingma & Dhariwal (2018), "Glow: Generative Flow with Invertible 1x1 Convolutions".
     """
@@ -318,13 +379,15 @@ class ActNorm(_LinearBase):
         return float(self.params["initialized"]) < 0.5
 
     def initialize(self, v: Array, direction: str = "forward") -> ActNorm:
-        """This layer initialised from a batch, as pyroflows' first call in ``direction`` would do it.
+        """This layer initialised from a batch, so that its pass in ``direction`` maps ``v`` to zero mean and unit
+        variance per dimension.
 
         ``direction="forward"`` (``v`` is an input ``x``): ``scale = 1/std(x)``, ``loc = -mean(x)/std(x)``;
         ``"inverse"`` (``v`` is an output ``y``): ``loc = mean(y)``, ``scale = std(y)``. Statistics over all batch
         dimensions (no gradient); dimensions with zero or non-finite spread keep ``scale = 1``. With a context the
         output bias of the context network is set. A layer whose flag ``initialized`` is already 1 is returned
-        unchanged (as in pyroflows; see :meth:`reset_initialization`). Jit-able; returns a new transform.
+        unchanged (see :meth:`reset_initialization`). Jit-able; returns a new transform (the values are those of
+        pyroflows' ActNorm after its first call on the same batch).
         """
         if direction not in ("forward", "inverse"):
             raise ValueError(f"direction must be 'forward' or 'inverse', got {direction!r}")

@@ -1,7 +1,9 @@
 """Planar flow with an exact inverse of fresh data (Rezende & Mohamed 2015), in JAX.
 
-Mirrors :mod:`pyroflows.transforms.planar`: same constructor, parameter names (``head.u``, ``head.w``, ``head.b``, or
-``head.net.*`` with a context), shapes, initial distributions and math (:mod:`numpyroflows.functional.planar`).
+:class:`PlanarTransform` holds the parameters; the math is :mod:`numpyroflows.functional.planar`. Constructor,
+parameter names (``head.u``, ``head.w``, ``head.b``, or ``head.net.*`` with a context), shapes and initial
+distributions are those of ``pyroflows.transforms.PlanarTransform`` (plus a PRNG ``key``), so parameters move between
+the packages by name.
 """
 
 from __future__ import annotations
@@ -21,12 +23,31 @@ Array = jax.Array
 class PlanarTransform(FlowTransform):
     """Planar flow ``y = x + û tanh(wᵀx + b)``, invertible for every parameter value, with an exact inverse.
 
-    ``û = u + (m(wᵀu) - wᵀu) w/‖w‖²``, ``m(a) = -1 + softplus(a)`` keeps ``wᵀû ≥ -1``; the inverse solves the scalar
-    monotone equation for ``α = wᵀx`` (bisection + differentiable Newton step) and inverts any ``y``. With
-    ``context_dim > 0`` all of ``u, w, b`` come from an MLP on the context.
+    ``û = u + (m(wᵀu) - wᵀu) w/‖w‖²``, ``m(a) = -1 + softplus(a)``, keeps ``wᵀû ≥ -1`` (appendix A of the paper);
+    ``log|det| = log|1 + wᵀû tanh'(wᵀx + b)|``. The inverse solves the scalar monotone equation
+    ``wᵀy = α + wᵀû tanh(α + b)`` for ``α = wᵀx`` by bracketed bisection and a differentiable Newton step, then
+    ``x = y - û tanh(α + b)``: it inverts any ``y``, not only outputs of the forward pass.
 
-    Same arguments as :class:`pyroflows.transforms.PlanarTransform`, plus ``key`` (PRNG key for the initial values).
+    The layer starts at the identity: ``w`` and ``b`` are drawn in ``±1/√D`` and ``u = c w/‖w‖²`` with
+    ``c = softplus⁻¹(1)``, so that ``û = 0``; the first gradient step moves ``u``, and ``w``, ``b`` follow.
+
+    With ``context_dim > 0`` all of ``u, w, b`` are produced from the context by an MLP (amortized planar flows, as in
+    the VAE experiments of the paper); their batch shape is the context's and broadcasts against the input's.
+
+    Args:
+        input_dim: D.
+        context_dim: size of the context (0: free parameters).
+        hidden_dims: hidden widths of the context network.
+        key: PRNG key of the initial values and of the context network.
+
     Parameters: ``"head.u"`` ``(D,)``, ``"head.w"`` ``(D,)``, ``"head.b"`` ``()``, or ``"head.net.*"``.
+
+    Example:
+        >>> t = PlanarTransform(3, key=jax.random.PRNGKey(0))
+        >>> y, ladj = t.forward_and_log_det(jnp.ones((10, 3)))
+        >>> x, _ = t.inverse_and_log_det(y)
+
+    Reference: Rezende & Mohamed 2015, "Variational Inference with Normalizing Flows", section 4.1 and appendix A.
     """
 
     def __init__(self, input_dim: int, context_dim: int = 0, hidden_dims: Sequence[int] = (64, 64), *,
@@ -38,7 +59,7 @@ class PlanarTransform(FlowTransform):
         _, k_w, k_b, k_net = jax.random.split(default_key(key), 4)
         w = jax.random.uniform(k_w, (d,), minval=-bound, maxval=bound)
         init = {
-            "u": IDENTITY_WTU * w / (w @ w),  # û = 0: the identity, as in pyroflows
+            "u": IDENTITY_WTU * w / (w @ w),  # u along w with wᵀu = softplus⁻¹(1): wᵀû = 0 and û = 0, the identity
             "w": w,
             "b": jax.random.uniform(k_b, (), minval=-bound, maxval=bound),
         }

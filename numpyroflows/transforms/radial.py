@@ -1,8 +1,9 @@
 """Radial flow with a closed-form inverse (Rezende & Mohamed 2015), in JAX.
 
-Mirrors :mod:`pyroflows.transforms.radial`: same constructor, parameter names (``head.x0``, ``head.raw_alpha``,
-``head.raw_beta``, or ``head.net.*`` with a context), shapes, initial distributions and math
-(:mod:`numpyroflows.functional.radial`).
+:class:`RadialTransform` holds the parameters; the math is :mod:`numpyroflows.functional.radial`. Constructor,
+parameter names (``head.x0``, ``head.raw_alpha``, ``head.raw_beta``, or ``head.net.*`` with a context), shapes and
+initial distributions are those of ``pyroflows.transforms.RadialTransform`` (plus a PRNG ``key``), so parameters move
+between the packages by name.
 """
 
 from __future__ import annotations
@@ -22,11 +23,26 @@ Array = jax.Array
 class RadialTransform(FlowTransform):
     """Radial flow ``y = x + β (x - x₀)/(α + ‖x - x₀‖)``, invertible for every parameter value, closed-form inverse.
 
-    ``α = softplus(raw_α) > 0``, ``β = -α + softplus(raw_β) ≥ -α``; the inverse inverts any ``y``. With
-    ``context_dim > 0`` all of ``x₀, α, β`` come from an MLP on the context.
+    ``α = softplus(raw_α) > 0`` and ``β = -α + softplus(raw_β) ≥ -α`` (appendix A of the paper);
+    ``log|det| = (D-1) log(1 + βh) + log(1 + βh + βh'r)`` with ``h = 1/(α + r)``. The inverse takes ``r`` from the
+    positive root of ``r² + (α + β - ‖y - x₀‖) r - α‖y - x₀‖ = 0`` and rescales ``y - x₀``; it inverts any ``y``.
 
-    Same arguments as :class:`pyroflows.transforms.RadialTransform`, plus ``key`` (PRNG key for the initial values).
+    With ``context_dim > 0`` all of ``x₀, α, β`` are produced from the context by an MLP (amortized radial flows).
+
+    Args:
+        input_dim: D.
+        context_dim: size of the context (0: free parameters).
+        hidden_dims: hidden widths of the context network.
+        key: PRNG key of the initial values (each uniform in ``±1/√D``) and of the context network.
+
     Parameters: ``"head.x0"`` ``(D,)``, ``"head.raw_alpha"`` ``()``, ``"head.raw_beta"`` ``()``, or ``"head.net.*"``.
+
+    Example:
+        >>> t = RadialTransform(3, key=jax.random.PRNGKey(0))
+        >>> y, ladj = t.forward_and_log_det(jnp.ones((10, 3)))
+        >>> x, _ = t.inverse_and_log_det(y)
+
+    Reference: Rezende & Mohamed 2015, "Variational Inference with Normalizing Flows", section 4.1 and appendix A.
     """
 
     def __init__(self, input_dim: int, context_dim: int = 0, hidden_dims: Sequence[int] = (64, 64), *,

@@ -1,9 +1,8 @@
 """Sylvester flows (Householder or orthogonal ``Q``) with an exact inverse (van den Berg et al. 2018), in JAX.
 
-Mirrors :mod:`pyroflows.transforms.sylvester`: same constructor, parameter names (``head.householder`` or
-``head.q_raw``, ``head.r_diag``, ``head.r_tilde_diag``, ``head.r_upper``, ``head.r_tilde_upper`` (when ``M > 1``),
-``head.b``, or ``head.net.*`` with a context), shapes, initial distributions and math
-(:mod:`numpyroflows.functional.sylvester`).
+:class:`SylvesterTransform` holds the parameters; the math is :mod:`numpyroflows.functional.sylvester`. Constructor,
+parameter names, shapes and initial distributions are those of ``pyroflows.transforms.SylvesterTransform`` (plus a PRNG
+``key``), so parameters move between the packages by name.
 """
 
 from __future__ import annotations
@@ -33,13 +32,46 @@ Q_TYPES = ("householder", "orthogonal")
 class SylvesterTransform(FlowTransform):
     """Sylvester flow ``y = x + Q R tanh(R̃ Qᵀx + b)``, invertible for every parameter value, with an exact inverse.
 
-    ``Q`` (``D×M``) has orthonormal columns (the first ``num_ortho`` columns of a product of ``num_householder``
-    Householder reflections, or the sign-fixed reduced QR of a free ``D×M`` matrix), ``R``, ``R̃`` are upper
-    triangular with diagonals ``tanh(ρ)``, ``tanh(ρ̃)``; the inverse back-substitutes and inverts any ``y``. With
-    ``context_dim > 0`` every parameter comes from an MLP on the context.
+    ``Q`` (``D×M``) has orthonormal columns, ``R``, ``R̃`` are upper triangular ``M×M`` and ``b ∈ R^M``;
+    ``log|det| = Σ_i log|1 + r_ii r̃_ii tanh'(a_i)|`` with ``a = R̃ Qᵀx + b``. The diagonals are the paper's choice
+    ``r_ii = tanh(ρ_i)``, ``r̃_ii = tanh(ρ̃_i)`` of free ``ρ, ρ̃``: then ``|r_ii r̃_ii| < 1``, so
+    ``1 + r_ii r̃_ii tanh'(·) > 0`` for every argument (``0 < tanh' ≤ 1``) and the map is invertible (theorem 2). The
+    strictly-upper entries are free. The inverse solves ``v + R tanh(R̃ v + b) = Qᵀy`` for ``v = Qᵀx`` by
+    back-substitution (one scalar monotone equation per component, bisection + Newton, in a ``lax.fori_loop``) and
+    inverts any ``y``.
 
-    Same arguments as :class:`pyroflows.transforms.SylvesterTransform`, plus ``key`` (PRNG key for the initial
-    values).
+    ``q_type``:
+
+    * ``"householder"``: ``Q`` is the product of ``num_householder`` (default ``D``) Householder reflections
+      ``I - 2vvᵀ/‖v‖²`` of free vectors ``v`` (a full ``D×D`` orthogonal matrix; ``M = D`` by default, or its first
+      ``num_ortho`` columns).
+    * ``"orthogonal"``: ``Q`` is the Gram-Schmidt orthonormalisation (sign-fixed reduced QR, exact, unlike the
+      paper's iterative Björck procedure) of a free ``D×M`` matrix, ``M = num_ortho ≤ D`` (default ``D``); the
+      ``D - M`` directions orthogonal to ``Q`` pass unchanged.
+
+    With ``context_dim > 0`` every parameter (``Q``'s vectors/matrix, ``R``, ``R̃``, ``b``) is produced from the
+    context by an MLP, as in the amortized VAE flows of the paper.
+
+    Args:
+        input_dim: D.
+        context_dim: size of the context (0: free parameters).
+        hidden_dims: hidden widths of the context network.
+        num_ortho: M, the number of orthonormal columns of ``Q`` (default D).
+        q_type: ``"householder"`` or ``"orthogonal"``.
+        num_householder: number of Householder reflections (default D; ``"householder"`` only).
+        key: PRNG key of the initial values and of the context network.
+
+    Parameters: ``head.householder`` ``(K, D)`` or ``head.q_raw`` ``(D, M)``, ``head.r_diag``, ``head.r_tilde_diag``
+    and ``head.b`` ``(M,)``, ``head.r_upper``, ``head.r_tilde_upper`` ``(M(M-1)/2,)`` (when ``M > 1``), or
+    ``head.net.*`` with a context.
+
+    Example:
+        >>> t = SylvesterTransform(4, q_type="orthogonal", num_ortho=2, key=jax.random.PRNGKey(0))
+        >>> y, ladj = t.forward_and_log_det(jnp.ones((10, 4)))
+        >>> x, _ = t.inverse_and_log_det(y)
+
+    Reference: van den Berg, Hasenclever, Tomczak & Welling 2018, "Sylvester Normalizing Flows for Variational
+    Inference".
     """
 
     def __init__(

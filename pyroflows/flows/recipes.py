@@ -40,7 +40,7 @@ class MAF(Flow):
     ``num_transforms`` MADE-conditioned autoregressive layers with any transformer (``"affine"`` by default; with
     ``"spline"`` this is NSF), the order reversed between layers; ``randperm=True`` gives every layer after the first a
     random order instead (seeded, the same in numpyroflows), as zuko's ``randperm`` and FlowJAX's permutations do,
-    which helps in more than two dimensions (see ``benchmarks/RESULTS.md``).
+    which helps in more than two dimensions.
 
     Example:
         >>> flow = MAF(input_dim=4, num_transforms=5, hidden_dims=(64, 64))

@@ -16,7 +16,7 @@ with ``c`` chosen so that all-zero raw parameters give the identity. In bin ``k`
 and the inverse is the root of a quadratic in ``ξ``, taken on either sign of its linear coefficient in the form that
 does not cancel (:func:`_stable_root`).
 
-Speed (see ``benchmarks/RESULTS.md``): :class:`_RQSpline` runs the whole spline as one autograd node with analytic
+Speed: :class:`_RQSpline` runs the whole spline as one autograd node with analytic
 gradients (the inverse's through the implicit function ``y_k + h R(ξ) = y``), and computes the parameters of the
 selected bin on a bins-first ``(P, N)`` layout, which conditioners produce for free (``nn.mlp.params_view``), so
 every op runs over a long contiguous axis. ``rqs_forward_reference``/``rqs_inverse_reference`` are the same maps with
@@ -343,7 +343,7 @@ def _broadcast(v: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
 def _shared(v: Tensor, params: Tensor) -> bool:
     """Are the parameters shared across the values (fewer of them than the broadcast batch: an elementwise layer)?
     Then the knots are computed once and each value's bin gathered (the reference path; the fused kernel would
-    expand the parameters to every value: measured 1.5-2x slower at 2^16 values of 2 dimensions, even above)."""
+    expand the parameters to every value, which is slower at every batch size)."""
     shape = torch.broadcast_shapes(v.shape, params.shape[:-1])
     return params.shape[:-1].numel() < shape.numel()
 

@@ -308,7 +308,7 @@ def fit(
 
     The start: the recipes begin at their base distribution (conditioners' ``output_init=1e-3``); for maximum
     likelihood that is also the better start for spline flows (NSF), while ``output_init="fan_in"`` (random output
-    weights, as in zuko and FlowJAX) suits the affine MAF (``benchmarks/RESULTS.md``, "the conditioners' start").
+    weights, as in zuko and FlowJAX) can suit the affine MAF.
 
     Example:
         >>> flow, history = fit(flows.MAF(input_dim=2), x, max_steps=2000)
