@@ -11,8 +11,7 @@ CONSTRAINTS := constraints-cpu.txt
 
 LATEST_VENV ?= .venv-latest
 PYTHON_LATEST ?= $(shell command -v python3.12 || ls -d "$$(pyenv root 2>/dev/null)"/versions/3.12*/bin/python 2>/dev/null | tail -1)
-LATEST_TESTS ?= tests/test_arviz_compat.py tests/test_backend_isolation.py tests/test_diagnostics_pyro.py \
-	$(wildcard tests/test_*numpyro*.py tests/test_*jax*.py)
+LATEST_TESTS ?= tests/test_flowcommon tests/test_numpyroflows tests/test_pyroflows/diagnostics tests/test_backend_isolation.py
 
 .PHONY: venv install demo test test-latest lint bench clean
 

@@ -16,11 +16,12 @@ An entry says what the suites must know about it:
   sigmoid or tanh). Data-side test points are mapped into the support with :func:`to_support`; such a flow is only
   invertible in floating point where its squashing layer is not saturated, so base-side points stay moderate.
 
-Every entry runs in both packages: in each package's suite (``test_catalogue.py``, ``test_numpyroflows_catalogue.py``),
-in the parity suite (``test_parity.py``: built in torch, perturbed, exported and imported into the JAX build) and on
-GPUs (``test_gpu.py``, ``test_gpu_jax.py``); the whole-flow property tests (``test_properties.py``,
-``test_jax_properties.py``) take their flows from it by name. Neither torch nor JAX is imported until a backend is
-asked for (the JAX tests run without torch), and JAX's precision is left to the caller.
+Every entry runs in both packages: in each package's suite (``tests/test_pyroflows/test_catalogue.py``,
+``tests/test_numpyroflows/test_catalogue.py``), in the parity suite (``tests/test_parity/test_catalogue.py``: built in
+torch, perturbed, exported and imported into the JAX build) and on GPUs (``tests/test_pyroflows/test_gpu.py``,
+``tests/test_numpyroflows/test_gpu.py``); the whole-flow property tests (``tests/test_pyroflows/test_properties.py``,
+``tests/test_numpyroflows/test_properties.py``) take their flows from it by name. Neither torch nor JAX is imported
+until a backend is asked for (the JAX tests run without torch), and JAX's precision is left to the caller.
 """
 
 from __future__ import annotations

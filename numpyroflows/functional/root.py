@@ -48,16 +48,18 @@ def bisect_increasing(
     tol = default_tol(target.dtype) if tol is None else tol
 
     def needs_expanding(state):
-        lo, hi, _, i = state
-        return (jnp.any(fn(lo) > target) | jnp.any(fn(hi) < target)) & (i < max_expand)
+        *_, below, above, i = state
+        return jnp.any(below | above) & (i < max_expand)
 
     def expand(state):
-        lo, hi, width, i = state
-        below, above = fn(lo) > target, fn(hi) < target
-        return jnp.where(below, lo - width, lo), jnp.where(above, hi + width, hi), width * 2, i + 1
+        lo, hi, width, below, above, i = state
+        lo, hi = jnp.where(below, lo - width, lo), jnp.where(above, hi + width, hi)
+        return lo, hi, width * 2, fn(lo) > target, fn(hi) < target, i + 1
 
     width = jnp.maximum(jnp.abs(hi - lo), 1.0)
-    lo, hi, _, _ = lax.while_loop(needs_expanding, expand, (lo, hi, width, 0))
+    # the bracket's state is carried, not recomputed: XLA may round fn differently in another fused context
+    lo, hi, _, below, above, _ = lax.while_loop(
+        needs_expanding, expand, (lo, hi, width, fn(lo) > target, fn(hi) < target, 0))
 
     def not_converged(state):
         lo, hi, i = state
@@ -72,7 +74,7 @@ def bisect_increasing(
 
     lo, hi, _ = lax.while_loop(not_converged, halve, (lo, hi, 0))
     mid = 0.5 * (lo + hi)
-    solved = (fn(lo) <= target) & (fn(hi) >= target) & (hi - lo <= tol * (1 + jnp.abs(mid)))
+    solved = ~(below | above) & (hi - lo <= tol * (1 + jnp.abs(mid)))
     return jnp.where(solved, mid, jnp.nan)  # never a wrong number: NaN where no root was bracketed and narrowed
 
 

@@ -287,8 +287,12 @@ def test_autograd_derivative_equals_exp_log_derivative(name, case):
     xi, ild = t.inverse(y_fresh, params)
     (dxdy,) = torch.autograd.grad(xi.sum(), y_fresh)
     err = (dxdy - ild.exp()).abs() / ild.exp()
-    assert err.max() <= rtol, "inverse: dx/dy != exp(ild) at " + _argmax_report(err, y=y_fresh, dxdy=dxdy,
-                                                                                  exp_ild=ild.exp())
+    # The autograd reference differentiates the explicit quadratic root; at a point exactly on a knot next to a steep
+    # bin (dx/dy = 190, found by hypothesis) that loses five digits: 4e-6, where the fused kernel's analytic gradient
+    # and the log-derivative agree to 1e-11.
+    inverse_rtol = 1e-5 if name == "spline-ref" else rtol
+    assert err.max() <= inverse_rtol, "inverse: dx/dy != exp(ild) at " + _argmax_report(err, y=y_fresh, dxdy=dxdy,
+                                                                                          exp_ild=ild.exp())
 
 
 @pytest.mark.parametrize("name,dtype", _marked({}))

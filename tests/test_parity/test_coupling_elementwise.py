@@ -1,7 +1,7 @@
 """Coupling, elementwise and fixed-nonlinearity transforms: pyroflows and numpyroflows compute the same maps from the
 same parameters (exported from one, imported into the other), in float64, to 1e-9: each conditioner with every
 transformer and mask, Sigmoid and Tanh over their whole range, broadcast contexts. (Whole flows, LeakyReLU among them,
-are compared entry by entry in test_parity.py over the catalogue.)"""
+are compared entry by entry in tests/test_parity/test_catalogue.py over the catalogue.)"""
 
 from __future__ import annotations
 

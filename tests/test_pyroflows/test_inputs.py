@@ -1,6 +1,6 @@
 """Edge inputs to pyroflows' transforms and flows: integer and bool inputs are computed in the flow's dtype (no loss),
 float64 data for a float32 flow is refused with both fixes named (as ``torch.nn.Linear`` refuses it, but naming
-``flow.double()``), and an empty batch is a batch. The JAX twin is ``test_inputs_numpyroflows.py``."""
+``flow.double()``), and an empty batch is a batch. The JAX twin is ``tests/test_numpyroflows/test_inputs.py``."""
 
 from __future__ import annotations
 

@@ -172,7 +172,7 @@ def test_default_guide_recovers_the_exact_gaussian_posterior():
     assert z.shape == (n, 2)
     sd = np.sqrt(np.diag(cov))
     # 4 Monte Carlo standard errors plus 0.1 sd (0.1 sd_i sd_j) for the noisy end point of SVI, as in
-    # tests/test_numpyro_integration.py; the guide can represent the posterior exactly.
+    # tests/test_numpyroflows/infer/test_integration.py; the guide can represent the posterior exactly.
     tol_mean = 4 * sd / math.sqrt(n) + 0.1 * sd
     assert np.all(np.abs(z.mean(0) - mean) <= tol_mean), f"mean {z.mean(0)} vs exact {mean}"
     emp = np.cov(z.T)

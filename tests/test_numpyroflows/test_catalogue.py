@@ -1,8 +1,8 @@
-"""The JAX counterpart of test_catalogue.py: every entry of the catalogue (tests/catalogue.py), built in numpyroflows
-(perturbed parameters, ActNorms initialised from data), in 3-D with a context (without one if it takes none) and in
-2-D without: samples and their fused log-densities, round trips both ways (fresh points, some far outside the spline
-bounds), log-determinants against autodiff Jacobians, gradients reaching every parameter, a context changing the
-output, the 2-D density integrating to 1, and save/load; plus shapes, float32 round trips and errors.
+"""The JAX counterpart of tests/test_pyroflows/test_catalogue.py: every entry of the catalogue (tests/catalogue.py),
+built in numpyroflows (perturbed parameters, ActNorms initialised from data), in 3-D with a context (without one if it
+takes none) and in 2-D without: samples and their fused log-densities, round trips both ways (fresh points, some far
+outside the spline bounds), log-determinants against autodiff Jacobians, gradients reaching every parameter, a context
+changing the output, the 2-D density integrating to 1, and save/load; plus shapes, float32 round trips and errors.
 
 Compiling is what costs (1-3 s per flow and function on 2 CPU cores): every function under test is jitted once at
 module level and takes the flow as an argument (a flow is a pytree), and each (entry, dimensions) is one test that

@@ -1,7 +1,7 @@
-"""Edge inputs to numpyroflows (the torch twin is ``test_inputs_pyroflows.py``). Inputs of any dtype are computed in
-the flow's precision: integer, bool and low-precision floats are promoted before any pass, so an autoregressive flow's
-slow direction (which writes into an array shaped like its input) no longer truncates its outputs to the input's
-dtype. An empty batch is a batch."""
+"""Edge inputs to numpyroflows (the torch twin is ``tests/test_pyroflows/test_inputs.py``). Inputs of any dtype are
+computed in the flow's precision: integer, bool and low-precision floats are promoted before any pass, so an
+autoregressive flow's slow direction (which writes into an array shaped like its input) no longer truncates its outputs
+to the input's dtype. An empty batch is a batch."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Each test writes a file the way ``pyroflows.save`` does, with one thing changed (a configuration claiming huge
 sizes, a tensor of another shape or dtype kind, a view claiming more values than it stores), or a numpyroflows file,
-and checks the error. ``tests/test_io_numpyro.py`` is the mirror for ``numpyroflows.load``.
+and checks the error. ``tests/test_numpyroflows/test_io.py`` is the mirror for ``numpyroflows.load``.
 """
 
 from __future__ import annotations

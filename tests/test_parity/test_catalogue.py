@@ -1,8 +1,9 @@
 """pyroflows and numpyroflows compute the same flows: every catalogue entry (tests/catalogue.py), built in pyroflows
 with perturbed parameters, exported and imported into its numpyroflows build, gives the same log-densities, forward and
-inverse values and log-determinants (float64, 1e-9) on the same inputs, with a context and without, and its
-parameters go back to pyroflows unchanged. (Transform-level parity of single classes and their options lives in
-test_parity_coupling_elementwise.py, test_parity_linear_bnaf.py and test_parity_planar_radial_sylvester.py.)"""
+inverse values and log-determinants (float64, 1e-9) on the same inputs, with a context and without, and its parameters
+go back to pyroflows unchanged. (Transform-level parity of single classes and their options lives in
+tests/test_parity/test_coupling_elementwise.py, tests/test_parity/test_linear_bnaf.py and
+tests/test_parity/test_planar_radial_sylvester.py.)"""
 
 from __future__ import annotations
 

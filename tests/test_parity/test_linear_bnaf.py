@@ -1,8 +1,8 @@
 """numpyroflows.transforms.linear / .bnaf compute what pyroflows computes: same parameters (exported from pyroflows,
 imported into numpyroflows) and same inputs give the same log-densities, maps and log-determinants (float64), with and
-without a context, for every BNAF residual and orientation, and with broadcast contexts; seeded permutations,
-starting values, ActNorm's data-dependent initialisation and configurations are the same. (The linear transforms in
-whole flows, with parameters back to pyroflows, are compared over the catalogue in test_parity.py.)"""
+without a context, for every BNAF residual and orientation, and with broadcast contexts; seeded permutations, starting
+values, ActNorm's data-dependent initialisation and configurations are the same. (The linear transforms in whole flows,
+with parameters back to pyroflows, are compared over the catalogue in tests/test_parity/test_catalogue.py.)"""
 
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ D = 3
 TOL = {"atol": 1e-9, "rtol": 1e-9}
 
 # name -> factory(linear module, bnaf module, context_dim) -> list of transforms. The linear transforms, and BNAF's
-# default (gated) residual, are compared in whole catalogue flows (test_parity.py); here every residual, both
-# orientations in one flow (one compilation), leaky_tanh in one of them.
+# default (gated) residual, are compared in whole catalogue flows (tests/test_parity/test_catalogue.py); here every
+# residual, both orientations in one flow (one compilation), leaky_tanh in one of them.
 CASES = {}
 for _res, _act in ((None, "tanh"), ("normal", "leaky_tanh"), ("gated", "tanh")):
     CASES[f"BNAF-{_res}"] = lambda L, B, c, r=_res, a=_act: [B.BlockNAFTransform(D, c, 2, 1, a, r, "iaf"),

@@ -1,5 +1,5 @@
 """numpyroflows.diagnostics: PSIS k̂ / ELBO / IW-ELBO / ESS against known answers, and ArviZ InferenceData from NumPyro
-guides (the mirror of tests/test_diagnostics_pyro.py).
+guides (the mirror of tests/test_pyroflows/diagnostics/test_arviz.py).
 
 Known answers: with the guide set to the exact posterior of a conjugate Gaussian model every log weight equals the
 log evidence log p(data) (closed form), so ELBO = IW-ELBO = log p(data), ESS = S and k̂ = -inf; a guide much narrower

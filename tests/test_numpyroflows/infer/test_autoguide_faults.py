@@ -1,5 +1,5 @@
 """Faults users hit with ``numpyroflows.infer.AutoFlowGuide`` (issue 18), each fixed and kept fixed (the twins of
-tests/test_guide_faults_pyro.py):
+tests/test_pyroflows/infer/test_autoguide_faults.py):
 
 - an interrupt (KeyboardInterrupt) during the first build leaves the guide rebuildable (``SVI.init`` works again);
 - a wide prior (``N(0, 1e6)``): the mode search runs in float64 (``jax.enable_x64``) and reaches the mode;
@@ -86,7 +86,8 @@ def wide_model(x):
 
 def test_wide_prior_warm_start_finds_the_mode_in_float64():
     """init_to_median starts loc 5e5 from the data (prior sd 1e6), where the float32 search stalled and called itself
-    converged; in float64 it reaches the mode (see the Pyro twin for the closed form), and the guide keeps float32."""
+    converged; in float64 it reaches the mode (see the Pyro twin for the closed form), and the guide keeps the model's
+    dtype."""
     x = jnp.asarray(1.0 + np.random.default_rng(0).normal(size=50), jnp.float32)
     x64 = np.asarray(x, np.float64)
     n, ss = x64.size, float(((x64 - x64.mean()) ** 2).sum())
@@ -97,7 +98,7 @@ def test_wide_prior_warm_start_finds_the_mode_in_float64():
     assert ws.converged and ws.method == "laplace"
     assert abs(float(ws.loc[0]) - x64.mean()) < 1e-5 and abs(float(ws.loc[1]) - 0.5 * math.log(t)) < 1e-5
     assert abs(float(ws.scale_tril[0, 0]) / (math.sqrt(t / n)) - 1) < 1e-3
-    assert ws.loc.dtype == jnp.float32
+    assert ws.loc.dtype == jnp.result_type(float)  # the model's own (float32 unless another test switched on x64)
 
 
 # ------------------------------------------------------------------------------------------------- 11: checkpoints

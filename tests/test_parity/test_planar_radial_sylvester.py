@@ -68,7 +68,7 @@ def _jax_side(flow, x, ctx, y, ctx_b):
 @pytest.mark.parametrize("name", list(CASES))
 def test_parity_round_trip_and_jit(name):
     # with a context only: without one, and without broadcasting, the catalogue's Planar, Radial, Sylvester and
-    # Sylvester-orthogonal flows are compared in test_parity.py
+    # Sylvester-orthogonal flows are compared in tests/test_parity/test_catalogue.py
     tflow, jflow = _pair(name, 3)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(12, D)) * 2

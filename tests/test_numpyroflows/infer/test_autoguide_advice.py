@@ -1,6 +1,6 @@
 """Every fix that ``numpyroflows.infer.AutoFlowGuide``'s errors and warnings advise, followed (the twin of
-tests/test_guide_advice_pyro.py): each test provokes the message, takes the advised code out of the message itself,
-and runs it."""
+tests/test_pyroflows/infer/test_autoguide_advice.py): each test provokes the message, takes the advised code out of the
+message itself, and runs it."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """``numpyroflows.load`` checks a file before it builds anything (issue 18, sections 3 and 4); the mirror of
-``tests/test_io_pyro.py``, plus what only JAX has: float64 files while 64-bit mode is off, and ``numpyroflows.module``
-in its own module.
+``tests/test_pyroflows/test_io.py``, plus what only JAX has: float64 files while 64-bit mode is off, and
+``numpyroflows.module`` in its own module.
 
 Each test writes a file the way ``numpyroflows.save`` does, with one thing changed (a configuration claiming huge
 sizes, an array of another shape or dtype kind, a header claiming more values than it stores), or a pyroflows file,

@@ -1,7 +1,7 @@
 """Which way each layer runs its transformer: MAF, coupling and elementwise layers evaluate ``τ`` forward from data to
 noise (so an affine density pass is ``z = shift + exp(s)·y``, linear on the data side, and a spline's density pass is
 its direct rational formula); IAF layers evaluate ``τ`` forward from noise to data. Checked against the formulas
-written out for pyroflows; the parity tests (tests/test_parity*.py) hold numpyroflows to the same values."""
+written out for pyroflows; the parity tests (tests/test_parity/) hold numpyroflows to the same values."""
 
 from __future__ import annotations
 

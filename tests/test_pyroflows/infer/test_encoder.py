@@ -270,7 +270,7 @@ def test_vae_example_runs_with_a_tiny_budget():
     import importlib.util
     import pathlib
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "vae_mnist.py"
+    path = pathlib.Path(__file__).resolve().parents[3] / "examples" / "vae_mnist.py"
     spec = importlib.util.spec_from_file_location("vae_mnist_example", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)

@@ -1,4 +1,5 @@
-"""Property-based tests (hypothesis) of numpyroflows far outside the spline bound: the JAX twin of test_properties.py.
+"""Property-based tests (hypothesis) of numpyroflows far outside the spline bound: the JAX twin of
+tests/test_pyroflows/test_properties.py.
 
 The failure written against is the classic one of spline flows: the map is fine far outside ``[-bound, bound]``
 (identity or linear tails) but its *gradient* is NaN there, because the tail branch is picked with ``where`` after the
@@ -93,8 +94,9 @@ KERNELS = {
 }
 P_MAX = max(k[2] for k in KERNELS.values())
 N_COLS, N_ROWS = 4, 6  # parameter rows (one map per column) and inputs per column: fixed shapes, one compile
-# Round-trip tolerance, in units of eps · (1 + |x| + (1 + |y|) / τ'(x)), as in test_properties.py: the RQ spline
-# works with bin-local ratios up to ~1e3 (minimum bin size and derivative 1e-3), the others stay within a few units.
+# Round-trip tolerance, in units of eps · (1 + |x| + (1 + |y|) / τ'(x)), as in tests/test_pyroflows/test_properties.py:
+# the RQ spline works with bin-local ratios up to ~1e3 (minimum bin size and derivative 1e-3), the others stay within a
+# few units.
 ROUND_TRIP_UNITS = {"spline": 1e3, "bspline": 64.0, "mixture": 64.0}
 
 # An input element is a plain value, or a reference to a knot of the map ("knot", index, nudge), resolved once the
@@ -167,10 +169,10 @@ def _kernel_case(name: str, dtype: str, rows: list, table: list) -> tuple[np.nda
     return x, y, out
 
 
-# Regression examples (rows cut to each kernel's parameter count), after test_properties.py: a small derivative at an
-# interior knot with the inverse just below that knot's ordinate; a steep B-spline slope next to a flat last one with
-# y above the last knot value; the RQ inverse at exactly y = +bound; and a flat RQ bin with a steep right derivative
-# just below the knot (where the textbook root cancels).
+# Regression examples (rows cut to each kernel's parameter count), after tests/test_pyroflows/test_properties.py: a
+# small derivative at an interior knot with the inverse just below that knot's ordinate; a steep B-spline slope next to
+# a flat last one with y above the last knot value; the RQ inverse at exactly y = +bound; and a flat RQ bin with a steep
+# right derivative just below the knot (where the textbook root cancels).
 def _pad(row: list[float]) -> list[float]:
     return list(row) + [0.0] * (P_MAX - len(row))
 
@@ -256,7 +258,7 @@ def test_kernel_round_trips(name, dtype, rows, table):
 # (B-spline with raw increments [0, 15, -7, ...], y one ulp below the third knot value: autodiff dx/dy = 0.13 where
 # 1/τ'(x) = 390), because it goes through sqrt(b² + 4ar) whose two terms cancel below float32's rounding of b²
 # (eps · (s_j / τ')² ≫ 1). The values are right, only that gradient is not; pyroflows' kernels share the formulas
-# (test_properties.py checks float64 only, for this reason).
+# (tests/test_pyroflows/test_properties.py checks float64 only, for this reason).
 DERIV_FLOOR = 1e-9
 
 

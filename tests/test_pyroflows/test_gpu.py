@@ -90,9 +90,10 @@ def test_built_on_cpu_then_moved_to_cuda(name, context_dim):
     _assert_gpu_matches_cpu(name, flow_gpu, flow_cpu, context_dim)
 
 
-# LULinear, RandomPermutation and random coupling masks draw their permutation with a seeded CPU generator on the
-# CPU and then move it to the default device (torch refuses a CPU generator for a CUDA tensor; pytorch PR #47022).
-# tests/test_linear_elementwise.py::test_seeded_permutations_follow_the_default_device checks this without a GPU.
+# LULinear, RandomPermutation and random coupling masks draw their permutation with a seeded CPU generator on the CPU
+# and then move it to the default device (torch refuses a CPU generator for a CUDA tensor; pytorch PR #47022).
+# tests/test_pyroflows/transforms/test_linear_elementwise.py::test_seeded_permutations_follow_the_default_device checks
+# this without a GPU.
 DEFAULT_DEVICE_CASES = CASES
 
 

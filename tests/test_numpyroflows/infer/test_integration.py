@@ -19,8 +19,9 @@ from numpyro.infer import SVI, Trace_ELBO  # noqa: E402
 import numpyroflows  # noqa: E402
 from numpyroflows import flows  # noqa: E402
 
-# The conjugate model of tests/test_pyro_integration.py: z ~ N(mu0, Sigma0), x_i | z ~ N(z, Sigma), i = 1..n, whose
-# posterior is Gaussian with precision Sigma0^-1 + n Sigma^-1 and mean Cov_post (Sigma0^-1 mu0 + Sigma^-1 Σ_i x_i).
+# The conjugate model of tests/test_pyroflows/infer/test_integration.py: z ~ N(mu0, Sigma0), x_i | z ~ N(z, Sigma), i =
+# 1..n, whose posterior is Gaussian with precision Sigma0^-1 + n Sigma^-1 and mean Cov_post (Sigma0^-1 mu0 + Sigma^-1
+# Σ_i x_i).
 MU0 = np.array([1.0, -1.0])
 SIGMA0 = np.array([[4.0, 1.0], [1.0, 3.0]])
 SIGMA = np.array([[4.0, 2.4], [2.4, 2.25]])

@@ -1,6 +1,6 @@
-"""numpyroflows.fit: the same known answers as tests/test_fit_pyro.py (exact Gaussian MLE, held-out likelihood,
-early stopping, data errors, bits/dim, standardisation, conditional mean, NaN stop), plus: no recompilation across fits
-of the same structure, the same keywords and defaults as pyroflows.fit, and the same training trajectory as
+"""numpyroflows.fit: the same known answers as tests/test_pyroflows/infer/test_fit.py (exact Gaussian MLE, held-out
+likelihood, early stopping, data errors, bits/dim, standardisation, conditional mean, NaN stop), plus: no recompilation
+across fits of the same structure, the same keywords and defaults as pyroflows.fit, and the same training trajectory as
 pyroflows.fit from the same parameters and seed (float64)."""
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ def test_gaussian_fit_reaches_the_exact_mle():
 
 
 def test_fit_improves_held_out_likelihood():
-    """(Splines are trained in the dequantization test; tests/test_fit_pyro.py also fits an NSF here.)"""
+    """(Splines are trained in the dequantization test; tests/test_pyroflows/infer/test_fit.py also fits an NSF
+    here.)"""
     x, x_test = _moons(1000, 0), _moons(1000, 1)
     flow = _small_maf()
     before = _mean_log_prob(flow, x_test)

@@ -36,10 +36,10 @@ import numpyro.distributions as dist  # noqa: E402
 from catalogue import CATALOGUE, NAMES, context_dims, jax_backend, to_support  # noqa: E402
 from catalogue import build_jax as build  # noqa: E402
 from numpyro.infer import SVI, Trace_ELBO  # noqa: E402
-from test_encoder_numpyro import X_DIM, _encoder, _perturbed  # noqa: E402
 
 from numpyroflows import flows as F  # noqa: E402
 from numpyroflows.infer import ENCODER_FLOWS, AutoFlowGuide  # noqa: E402
+from test_numpyroflows.infer.test_encoder import X_DIM, _encoder, _perturbed  # noqa: E402
 
 
 def _device(platform: str):
