@@ -10,7 +10,8 @@ PIP := $(PY) -m pip
 CONSTRAINTS := constraints-cpu.txt
 
 LATEST_VENV ?= .venv-latest
-PYTHON_LATEST ?= $(shell command -v python3.12 || ls -d "$$(pyenv root 2>/dev/null)"/versions/3.12*/bin/python 2>/dev/null | tail -1)
+PYTHON_LATEST ?= $(shell for p in "$$(pyenv root 2>/dev/null)"/versions/3.12*/bin/python python3.12; do \
+	"$$p" -c "import sys; assert sys.version_info[:2] == (3, 12)" 2>/dev/null && { command -v "$$p"; break; }; done)
 LATEST_TESTS ?= tests/test_flowcommon tests/test_numpyroflows tests/test_pyroflows/diagnostics tests/test_backend_isolation.py
 
 .PHONY: venv install demo test test-latest lint bench clean
@@ -44,7 +45,7 @@ test-latest:
 		-e ".[pyro,numpyro,arviz,test]" jax numpyro optax arviz
 	$(LATEST_VENV)/bin/python -m pip check
 	$(LATEST_VENV)/bin/python -m pip list 2>/dev/null | grep -Ei "^(jax|numpyro|optax|arviz|torch|pyro-ppl|numpy|xarray) "
-	$(LATEST_VENV)/bin/python -m pytest -q -n 2 -p no:cacheprovider $(LATEST_TESTS)
+	PYROFLOWS_TEST_XLA_DEFAULT=1 $(LATEST_VENV)/bin/python -m pytest -q -n 2 -p no:cacheprovider $(LATEST_TESTS)
 
 bench: install
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[peers]"

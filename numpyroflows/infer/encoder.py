@@ -17,13 +17,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flowcommon.guide import recipe_arguments
+
 from .._checks import _all_finite
 from ..flows import recipes
 from ..flows.core import Flow, FlowDistribution
 from ..functional.affine import MIN_SCALE
 from ..transforms.base import default_key
 from ..transforms.linear import DiagonalAffine
-from .autoguide import _recipe_arguments
 
 Array = jax.Array
 
@@ -286,7 +287,7 @@ def _flow_layers(flow: str | Callable, latent_dim: int, feature_dim: int, num_tr
         if given or (num_transforms is not None):
             raise TypeError(f"flow 'diagonal' has no flow layers, so it takes no {given or ['num_transforms']}")
         return []
-    accepted = _recipe_arguments(recipe) - _SET_BY_ENCODER - {"num_transforms", "hidden_dims"} - set(fixed)
+    accepted = recipe_arguments(recipe) - _SET_BY_ENCODER - {"num_transforms", "hidden_dims"} - set(fixed)
     reserved = sorted(set(flow_kwargs) & (_SET_BY_ENCODER | set(fixed)))
     if reserved:
         raise TypeError(f"FlowEncoder sets {reserved} itself for flow {flow!r} (input_dim = latent_dim, context_dim "

@@ -15,7 +15,8 @@ from numpyroflows.functional import linear as jl  # noqa: E402
 from pyroflows.functional import bnaf as tb  # noqa: E402
 from pyroflows.functional import linear as tl  # noqa: E402
 
-VAL = {"rtol": 1e-10, "atol": 1e-10}
+# atol 1e-9: an entry of O(1e-10) that cancels in the LU round trip differs by 1.6e-10 between torch and JAX 0.12
+VAL = {"rtol": 1e-10, "atol": 1e-9}
 SOLVE = {"rtol": 1e-8, "atol": 1e-9}
 GRAD = {"rtol": 1e-8, "atol": 1e-8}
 
