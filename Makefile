@@ -45,7 +45,7 @@ test-latest:
 		-e ".[pyro,numpyro,arviz,test]" jax numpyro optax arviz
 	$(LATEST_VENV)/bin/python -m pip check
 	$(LATEST_VENV)/bin/python -m pip list 2>/dev/null | grep -Ei "^(jax|numpyro|optax|arviz|torch|pyro-ppl|numpy|xarray) "
-	PYROFLOWS_TEST_XLA_DEFAULT=1 $(LATEST_VENV)/bin/python -m pytest -q -n 2 -p no:cacheprovider $(LATEST_TESTS)
+	$(LATEST_VENV)/bin/python -m pytest -q -n 2 -p no:cacheprovider $(LATEST_TESTS)
 
 bench: install
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[peers]"

@@ -119,10 +119,19 @@ def check_format_version(version: Any, expected: int, path: str) -> None:
         )
 
 
+#: transforms whose configuration holds another transform's under ``kwargs["transform"]`` (``Invert``)
+WRAPPERS = ("Invert",)
+#: how deep wrapped transforms may nest in a saved configuration (``Invert(Invert(...))``)
+MAX_NESTING = 32
+
+
 def decode_config(text: Any, path: str) -> dict:
     """The flow configuration stored in ``path``: ``text`` (JSON, or the decoded object) checked to have the
     structure :meth:`Flow.config` writes, ``{"type": recipe, "kwargs": {...}}`` or
-    ``{"type": "Flow", "transforms": [{"type": transform, "kwargs": {...}}, ...]}``.
+    ``{"type": "Flow", "transforms": [{"type": transform, "kwargs": {...}}, ...]}``, either with an optional
+    ``"base": {"type": base, "kwargs": {...}}`` (a trainable base distribution). A wrapper transform
+    (:data:`WRAPPERS`: ``{"type": "Invert", "kwargs": {"transform": {...}}}``) holds the configuration of the
+    transform it wraps, checked the same way, at most :data:`MAX_NESTING` deep.
 
     Raises:
         ValueError: not JSON, or not that structure (the message says what is wrong).
@@ -132,13 +141,20 @@ def decode_config(text: Any, path: str) -> dict:
     except (ValueError, RecursionError) as e:
         raise ValueError(f"{path}: its flow configuration is not valid JSON ({e})") from None
 
-    def layer(value: Any, where: str) -> None:
+    def layer(value: Any, where: str, depth: int = 0) -> None:
         if not isinstance(value, dict) or not isinstance(value.get("type"), str):
             raise ValueError(f"{path}: {where} of its flow configuration is not a dict with a 'type' name")
         kwargs = value.get("kwargs")
         if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
             raise ValueError(f"{path}: {where} of its flow configuration ({value['type']}) has no 'kwargs' dict")
+        if value["type"] in WRAPPERS:
+            if depth >= MAX_NESTING:
+                raise ValueError(f"{path}: its flow configuration nests wrapped transforms ({value['type']}) more "
+                                 f"than {MAX_NESTING} deep")
+            layer(kwargs.get("transform"), f"the transform wrapped by {where}" if depth == 0 else where, depth + 1)
 
+    if isinstance(config, dict) and "base" in config:
+        layer(config["base"], "the base")
     if isinstance(config, dict) and config.get("type") == "Flow":
         transforms = config.get("transforms")
         if not isinstance(transforms, list) or not transforms:
@@ -152,6 +168,9 @@ def decode_config(text: Any, path: str) -> dict:
 
 def _describe(kind: str, kwargs: Mapping[str, Any]) -> str:
     """``"MAF(input_dim=3, hidden_dims=[64, 64], ...)"``: the sizes of a configuration entry, for messages."""
+    inner = kwargs.get("transform")
+    if kind in WRAPPERS and isinstance(inner, dict) and isinstance(inner.get("kwargs"), dict):
+        return f"{kind}({_describe(str(inner.get('type')), inner['kwargs'])})"
     parts = []
     for k in _SIZE_KEYS:
         if k in kwargs:
@@ -274,6 +293,7 @@ LAYER_SIZES: dict[str, Callable[[_Sizes], int]] = {
     "SylvesterTransform": _sylvester,
     "DiagonalAffine": lambda s: _head(s, 2 * _dim(s)),
     "LULinear": lambda s: _head(s, _dim(s) ** 2 + 2 * _dim(s)) + 2 * _dim(s),
+    "LowerCholeskyAffine": lambda s: _dim(s) ** 2 + _dim(s),
     "Householder": lambda s: _head(s, s.int("count", 1) * _dim(s)),
     "ActNorm": lambda s: _head(s, 2 * _dim(s)) + 1,
     "LeakyReLU": lambda s: _head(s, _dim(s)),
@@ -282,7 +302,23 @@ LAYER_SIZES: dict[str, Callable[[_Sizes], int]] = {
     "RandomPermutation": lambda s: 2 * _dim(s),
     "Sigmoid": lambda s: 0,
     "Tanh": lambda s: 0,
+    "Invert": lambda s: _wrapped(s),
 }
+
+#: trainable base distribution name -> the smallest number of values its configuration stores
+BASE_SIZES: dict[str, Callable[[_Sizes], int]] = {
+    "DiagonalNormal": lambda s: 2 * _dim(s),
+}
+
+
+def _wrapped(s: _Sizes) -> int:
+    """The count of the transform a wrapper (``Invert``) holds: that transform's own rule (:func:`decode_config`
+    checked its structure and nesting)."""
+    inner = s.kwargs.get("transform")
+    if not isinstance(inner, dict) or not isinstance(inner.get("kwargs"), dict):
+        raise ValueError(f"{s.path}: {s.kind} in its flow configuration holds no transform configuration")
+    return min_param_count(str(inner.get("type")), inner["kwargs"], s.num_params, s.path)
+
 
 #: recipe name -> the smallest number of values one of its ``num_transforms`` layers stores (layer ``i``'s parity
 #: passed for the coupling recipes, whose masks alternate); extra layers (NICE's final scaling, BNAF's
@@ -318,6 +354,16 @@ def min_param_count(kind: str, kwargs: Mapping[str, Any], num_params: NumParams,
     return rule(s) if rule is not None else 0
 
 
+def min_base_count(config: Mapping[str, Any], num_params: NumParams, path: str = "<config>") -> int:
+    """The smallest number of stored values of a flow configuration's trainable base (``config["base"]``; 0 without
+    one, or for a base type :data:`BASE_SIZES` does not know, e.g. a user's own)."""
+    base = config.get("base")
+    if not isinstance(base, dict):
+        return 0
+    rule = BASE_SIZES.get(base.get("type"))
+    return rule(_Sizes(str(base["type"]), base.get("kwargs", {}), num_params, path)) if rule is not None else 0
+
+
 #: How much a configuration may need beyond what its file holds and still be built: up to ``SIZE_SLACK`` times the
 #: stored values, or ``SMALL_FLOW`` values whatever the file holds. A file whose arrays differ a little from its
 #: configuration (a parameter of another shape) is then built and refused by :func:`check_arrays`, whose message
@@ -342,8 +388,12 @@ def check_config_size(config: dict, stored: Mapping[str, int], path: str, num_pa
             transforms, the layer whose configuration is furthest from its stored values).
     """
     have = sum(stored.values())
+    base = min_base_count(config, num_params, path)
+    if base > max(SIZE_SLACK * have, SMALL_FLOW):
+        raise _size_error(path, f"the base, {_describe(config['base']['type'], config['base']['kwargs'])}", base,
+                          sum(n for k, n in stored.items() if k.startswith("base.")), " under 'base.'")
     if config["type"] != "Flow":
-        need = min_param_count(config["type"], config["kwargs"], num_params, path)
+        need = min_param_count(config["type"], config["kwargs"], num_params, path) + base
         if need > max(SIZE_SLACK * have, SMALL_FLOW):
             raise _size_error(path, _describe(config["type"], config["kwargs"]), need, have, "")
         return
@@ -354,7 +404,7 @@ def check_config_size(config: dict, stored: Mapping[str, int], path: str, num_pa
             index = rest.partition(".")[0]
             per_layer[index] = per_layer.get(index, 0) + n
     needs = [min_param_count(t["type"], t["kwargs"], num_params, path) for t in config["transforms"]]
-    if sum(needs) > max(SIZE_SLACK * have, SMALL_FLOW):
+    if sum(needs) + base > max(SIZE_SLACK * have, SMALL_FLOW):
         i = max(range(len(needs)), key=lambda j: needs[j] - per_layer.get(str(j), 0))
         t = config["transforms"][i]
         raise _size_error(path, f"transform {i}, {_describe(t['type'], t['kwargs'])}", needs[i],

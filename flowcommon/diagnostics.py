@@ -21,6 +21,7 @@ from . import arviz_compat
 KHAT_GOOD = 0.5
 KHAT_USABLE = 0.7
 MIN_DRAWS = 25  # PSIS fits the largest ceil(min(S / 5, 3 sqrt(S))) weights; it needs more than 4 of them
+MIN_RELIABLE_DRAWS = 100  # PSIS's minimum sample size 10^(1 / (1 - k)) at k = 0.5 (Vehtari et al. 2024)
 
 VERDICT_GOOD = "good: the approximation is close; importance-weighted estimates are reliable"
 VERDICT_USABLE = (
@@ -174,6 +175,28 @@ def resample_indices(smoothed_log_weights: np.ndarray, uniforms: np.ndarray) -> 
     return np.minimum(idx, cdf.size - 1)
 
 
+def warn_if_unrepairable(summary: VIDiagnostics, stacklevel: int = 2) -> None:
+    """Warn (``UserWarning``) when PSIS resampling cannot repair the guide, k̂ >= 0.7 (or nan): the resampled draws
+    then still miss posterior mass. ``stacklevel`` counts from the caller of this function, as for ``warnings.warn``.
+    """
+    if not summary.khat < KHAT_USABLE:
+        warnings.warn(f"PSIS k̂ = {summary.khat:.2f} >= {KHAT_USABLE}: resampling cannot repair this guide, the "
+                      "resampled draws are not reliable (they still miss posterior mass); "
+                      + summary.verdict.split("; ", 2)[-1], stacklevel=stacklevel + 1)
+
+
+def check_resample_count(num: int, arg: str, stacklevel: int = 2) -> None:
+    """Refuse fewer than 25 draws for PSIS resampling (the tail fit needs them) and warn (``UserWarning``) below
+    :data:`MIN_RELIABLE_DRAWS`, where k̂ is too noisy to judge the guide; ``arg`` names the caller's argument,
+    ``stacklevel`` counts from the caller of this function."""
+    if num < MIN_DRAWS:
+        raise ValueError(f"PSIS needs at least {MIN_DRAWS} draws to fit the tail of the weights, got {arg}; ask for "
+                         f"{MIN_RELIABLE_DRAWS} draws or more (1000 for a stable k̂)")
+    if num < MIN_RELIABLE_DRAWS:
+        warnings.warn(f"PSIS on only {num} draws ({arg}): k̂ is unreliable below {MIN_RELIABLE_DRAWS} draws and may "
+                      "miss a bad guide; ask for 1000 draws or more", stacklevel=stacklevel + 1)
+
+
 # ----------------------------------------------------------------------------------------------- InferenceData
 
 
@@ -252,10 +275,7 @@ def build_inference_data(record: DrawRecord, summary: VIDiagnostics, *, num_chai
     az = arviz_compat.arviz()
     draws = "guide"
     if resample_uniforms is not None:
-        if not summary.khat < KHAT_USABLE:
-            warnings.warn(f"PSIS k̂ = {summary.khat:.2f} >= {KHAT_USABLE}: resampling cannot repair this guide, the "
-                          "resampled draws still miss posterior mass; " + summary.verdict.split("; ", 2)[-1],
-                          stacklevel=3)
+        warn_if_unrepairable(summary, stacklevel=3)
         record = record.take(resample_indices(summary.smoothed_log_weights, resample_uniforms))
         draws = "psis_resampled"
     num = record.log_p.shape[0]

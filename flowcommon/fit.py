@@ -278,8 +278,9 @@ def _standardize_stats(x: np.ndarray, dequantize: bool, eps: float, floor: float
             raise ValueError(f"standardize=True: column {j} of data has mean {mean[j]:.6g} and sd {sd[j]:.3g}: the "
                              f"flow's floating type (machine epsilon {eps:.3g}) resolves values there only to "
                              f"{eps * abs(mean[j]) / sd[j]:.2g} sd, so the returned flow could not hold its "
-                             "standardisation. Fit a float64 flow (flow.double() in pyroflows; a flow built with "
-                             "jax_enable_x64 in numpyroflows), or subtract the offset from the column first")
+                             "standardisation. Fit a float64 flow (flow.double() in pyroflows; in numpyroflows, "
+                             "with jax_enable_x64 on, one built with dtype=jnp.float64 or cast by "
+                             "flow.astype(jnp.float64)), or subtract the offset from the column first")
     return _Standardization(mean, sd)
 
 

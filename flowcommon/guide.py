@@ -1,6 +1,6 @@
 """The backend-free half of ``AutoFlowGuide`` (pyroflows and numpyroflows): defaults, the flow name table, argument
 and site checks with their messages, the :class:`WarmStart` record, the stopping test of the mode search, and the
-Laplace algebra (the Cholesky factor of ``H⁻¹`` and the placement of the LU layer), in NumPy float64.
+Laplace algebra (the Cholesky factor of ``H⁻¹``), in NumPy float64, and what ``warm_start="auto"`` stands for.
 
 The checks are plain functions of plain values, so that other front ends (``FlowEncoder``) can share them; ``ppl``
 arguments (``"pyro"`` or ``"numpyro"``) only choose how a message spells the PPL's own code.
@@ -30,10 +30,11 @@ HIDDEN_MIN, HIDDEN_PER_DIM, HIDDEN_MAX, HIDDEN_LAYERS = 32, 4, 256, 2
 NUM_INIT_SAMPLES = 4096
 NUM_QUANTILE_SAMPLES = 1000
 SEED = 0
-#: Warm start: methods, L-BFGS iterations, draws of the Monte Carlo ELBO that decides between the warm start and the
-#: default start, L-BFGS memory, line-search budget, and the largest latent size for which ``"laplace"`` forms the
-#: D x D Hessian.
-WARM_START_METHODS = ("laplace", "map")
+#: Warm start: the guide's default (``"auto"``: :func:`resolve_warm_start`), methods, L-BFGS iterations, draws of
+#: the Monte Carlo ELBO that decides between the warm start and the default start, L-BFGS memory, line-search budget,
+#: and the largest latent size for which ``"laplace"`` forms the D x D Hessian.
+DEFAULT_WARM_START = "auto"
+WARM_START_METHODS = ("auto", "laplace", "map")
 DEFAULT_WARM_START_STEPS = 1000
 START_ELBO_DRAWS = 64
 LBFGS_HISTORY = 20
@@ -46,10 +47,9 @@ GTOL = 1e-5
 FTOL_EPS = 10.0
 PATIENCE = 10
 RGTOL = float(np.finfo(np.float64).eps) ** (1 / 3)
-#: Laplace placement: Hessian eigenvalues below ``EIG_RTOL`` x the largest (or not positive) are raised to
-#: ``1 / init_scale²``; the LU layer's diagonal is given at least ``LU_DIAG_TARGET`` where the outer scale allows it.
+#: Laplace start: Hessian eigenvalues below ``EIG_RTOL`` x the largest (or not positive) are raised to
+#: ``1 / init_scale²``.
 EIG_RTOL = 1e-12
-LU_DIAG_TARGET = 1e-2
 
 # ----------------------------------------------------------------------------------------------------- flow table
 #: name -> (recipe class name in ``<pkg>.flows.recipes``, fixed keyword arguments). A guide samples and scores its own
@@ -121,12 +121,22 @@ def check_warm_start(method: Any, num_steps: Any = 0, option: bool = False) -> N
     also be ``None``) or a ``num_steps`` that is not a non-negative integer."""
     if option:
         if method is not None and method not in WARM_START_METHODS:
-            raise ValueError(f"warm_start must be None, 'map' or 'laplace', got {method!r}")
+            raise ValueError(f"warm_start must be 'auto', 'laplace', 'map' or None, got {method!r}")
         return
     if method not in WARM_START_METHODS:
-        raise ValueError(f"unknown warm start method {method!r}: use 'laplace' or 'map'")
+        raise ValueError(f"unknown warm start method {method!r}: use 'auto', 'laplace' or 'map'")
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
         raise ValueError(f"num_steps must be a non-negative integer, got {num_steps!r}")
+
+
+def resolve_warm_start(method: str, latent_dim: int, max_dim: int) -> str:
+    """The method that ``"auto"`` stands for: ``"laplace"`` where the latent fits ``max_dim`` (the D x D Hessian),
+    else ``"map"``; other methods are returned as they are. Where the search or the Hessian falls short, the warm
+    start itself falls back (:func:`laplace_outcome`, :func:`keep_warm_start`): to the mode, or to the default start
+    with a warning."""
+    if method == "auto":
+        return "laplace" if latent_dim <= max_dim else "map"
+    return method
 
 
 def check_flow_choice(flow: Any, table: Mapping[str, tuple[type, dict]], hidden_dims: Sequence[int] | None,
@@ -224,11 +234,20 @@ def no_latent_message(ppl: str) -> str:
             "(def guide(*args, **kwargs): pass)")
 
 
+class FlatDensityError(ValueError):
+    """The warm start's ``log p(u)`` does not depend on ``u``: there is no mode to start from."""
+
+
 FLAT_DENSITY_MESSAGE = (
     "AutoFlowGuide.warm_start: log p(u) does not depend on the latent values (every latent site has a flat improper "
     "prior such as ImproperUniform and no other term involves it): a flat density has no mode and no curvature to "
     "start from. Give the sites proper priors, or skip the warm start (warm_start=None) and choose the start with "
     "init_loc_fn=init_to_value(...) and init_scale")
+#: what ``warm_start="auto"`` says when it meets such a density and keeps the default start instead
+FLAT_DENSITY_FALLBACK = (
+    "AutoFlowGuide: warm_start='auto' found that log p(u) does not depend on the latent values (flat improper priors "
+    "such as ImproperUniform): it keeps the default start N(init_loc, init_scale²). Pass warm_start=None to start "
+    "there without the search, and choose it with init_loc_fn=init_to_value(...) and init_scale")
 
 
 # ----------------------------------------------------------------------------------------------------- warm start
@@ -348,34 +367,6 @@ def laplace_outcome(hessian: np.ndarray, init_scale: float, message: str) -> tup
     message += (f"; {floored} eigenvalue(s) of the Hessian were not (clearly) positive and were set to "
                 f"1/init_scale² = {1 / init_scale ** 2:.3g}")
     return factor, floored, message
-
-
-def lu_placement(factor: np.ndarray, mean: np.ndarray, sd: np.ndarray, min_scale: float
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Initial values of the LU layer and the outer scale so that ``u = loc + s' ⊙ (W x + b)`` with ``x = T(z)``
-    (mean ``mean``, sd ``sd`` per coordinate) has covariance ``C Cᵀ`` for ``T`` at the identity (float64).
-
-    ``W = diag(1/s') C diag(1/sd)`` is lower triangular, ``W = L diag(w)`` with ``L`` unit lower triangular, so it is
-    an ``LULinear`` with the identity permutation, ``U = diag(w)``; ``b = -W mean``. ``s'`` is the marginal sd
-    ``‖C_i‖`` lowered where needed so that ``w_i >= LU_DIAG_TARGET``, and both stay >= ``2 min_scale`` (warning where
-    a ``w_i`` had to be raised to it). Returns ``(packed strictly lower part of L, w, b, s')``."""
-    floor = 2 * min_scale
-    c = np.asarray(factor, np.float64)
-    mean, sd = np.asarray(mean, np.float64), np.asarray(sd, np.float64)
-    p = np.diag(c) / sd  # the product s'_i w_i, fixed by C
-    marginal = np.linalg.norm(c, axis=1)
-    outer = np.maximum(np.minimum(marginal, p / LU_DIAG_TARGET), floor)
-    w_mat = c / outer[:, None] / sd[None, :]
-    w = np.diag(w_mat).copy()
-    clamped = int((w < floor).sum())
-    if clamped:
-        warnings.warn(f"AutoFlowGuide.warm_start: {clamped} conditional posterior sd(s) are below what the guide's "
-                      f"scales can represent ({floor ** 2:.0e} in unconstrained space); they were raised to it",
-                      RuntimeWarning, stacklevel=5)
-    w_safe = np.maximum(w, floor)
-    lower = np.tril(w_mat / w[None, :], -1)
-    weight = (lower + np.eye(len(w))) * w_safe[None, :]
-    return lower, w_safe, -(weight @ mean), outer
 
 
 def keep_warm_start(method: str, converged: bool, floored: int, elbo_warm: float, elbo_default: float,

@@ -33,6 +33,7 @@ from flowcommon.config import (
     other_package_error,
 )
 
+from .flows.bases import base_from_config
 from .flows.core import RECIPES, Flow
 from .infer.module import module  # noqa: F401  (re-exported: numpyroflows.infer.autoguide imports it from here)
 from .transforms.base import from_config
@@ -48,15 +49,25 @@ _META = "__meta__"
 
 
 def flow_from_config(config: dict, key=None) -> Flow:
-    """Build a flow (fresh parameters from ``key``) from :meth:`Flow.config`."""
+    """Build a flow (fresh parameters from ``key``) from :meth:`Flow.config`, with its trainable base if it has
+    one."""
     kind = config.get("type")
+    base = base_from_config(config["base"], key) if config.get("base") is not None else None
     if kind == "Flow":
-        return Flow([from_config(t, key) for t in config["transforms"]])
+        return Flow([from_config(t, key) for t in config["transforms"]], base=base)
     try:
         cls = RECIPES[kind]
     except KeyError:
         raise ValueError(f"unknown flow type {kind!r} in saved configuration; known: {sorted(RECIPES)}") from None
-    return cls(**{k: revive_transformers(v) for k, v in config["kwargs"].items()}, key=key)
+    flow = cls(**{k: revive_transformers(v) for k, v in config["kwargs"].items()}, key=key)
+    if base is None:
+        return flow
+    # a recipe's constructor takes no base: the recipe's flow with this one (as Flow(...) checks it)
+    Flow(flow.transforms, base=base)
+    new = object.__new__(type(flow))
+    new.__dict__.update(flow.__dict__)
+    new.base = base
+    return new
 
 
 def save(flow: Flow, path: str | os.PathLike) -> None:

@@ -19,11 +19,11 @@ from . import diagnostics, flows, functional, infer, nn, transforms
 from ._checks import set_validation
 from .diagnostics import to_inference_data, vi_diagnostics
 from .flows import Flow, FlowDistribution
-from .infer import AutoFlowGuide, FitHistory, FlowEncoder, fit
+from .infer import AutoFlowGuide, FitHistory, FlowEncoder, SVIRunResult, fit, run_svi
 from .io import export_params, import_params, load, save
 
 __version__ = "0.1.0"
 
-__all__ = ["AutoFlowGuide", "FitHistory", "Flow", "FlowDistribution", "FlowEncoder", "diagnostics", "export_params",
-           "fit", "flows", "functional", "import_params", "infer", "load", "nn", "save", "set_validation",
-           "to_inference_data", "transforms", "vi_diagnostics"]
+__all__ = ["AutoFlowGuide", "FitHistory", "Flow", "FlowDistribution", "FlowEncoder", "SVIRunResult", "diagnostics",
+           "export_params", "fit", "flows", "functional", "import_params", "infer", "load", "nn", "run_svi", "save",
+           "set_validation", "to_inference_data", "transforms", "vi_diagnostics"]

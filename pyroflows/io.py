@@ -26,6 +26,8 @@ from flowcommon.config import (
     other_package_error,
 )
 
+from .flows import core
+from .flows.bases import base_from_config
 from .flows.core import RECIPES, Flow
 from .transforms.base import from_config
 from .transforms.transformers import make_transformer, revive_transformers
@@ -37,15 +39,20 @@ FORMAT_VERSION = 2
 
 
 def flow_from_config(config: dict) -> Flow:
-    """Build a flow (fresh parameters) from :meth:`Flow.config`."""
+    """Build a flow (fresh parameters) from :meth:`Flow.config`, with its trainable base if it has one."""
     kind = config.get("type")
+    base = base_from_config(config["base"]) if config.get("base") is not None else None
     if kind == "Flow":
-        return Flow([from_config(t) for t in config["transforms"]])
+        return Flow([from_config(t) for t in config["transforms"]], base=base)
     try:
         cls = RECIPES[kind]
     except KeyError:
         raise ValueError(f"unknown flow type {kind!r} in saved configuration; known: {sorted(RECIPES)}") from None
-    return cls(**{k: revive_transformers(v) for k, v in config["kwargs"].items()})
+    flow = cls(**{k: revive_transformers(v) for k, v in config["kwargs"].items()})
+    if base is not None:
+        core._check_base(base, flow.input_dim)
+        flow.base = base
+    return flow
 
 
 def save(flow: Flow, path: str | os.PathLike) -> None:

@@ -105,6 +105,14 @@ class Entry:
     support: tuple[float, float] | None = None
 
 
+def _cholesky(d: int) -> tuple[list[float], list[list[float]]]:
+    """A location and a lower-triangular factor with a positive diagonal, fixed for each ``d``."""
+    loc = [0.5 - 0.25 * i for i in range(d)]
+    tril = [[(0.8 + 0.1 * i) if j == i else (0.3 * (-1) ** (i + j) if j < i else 0.0) for j in range(d)]
+            for i in range(d)]
+    return loc, tril
+
+
 def _rotation(d: int) -> list[int]:
     return [(i + 1) % d for i in range(d)]
 
@@ -153,6 +161,13 @@ CATALOGUE: dict[str, Entry] = {
         b.T.RandomPermutation(d, seed=1, **b.key(s, 2)), b.T.LULinear(d, c, H, **b.key(s, 3))])),
     "ActNorm": Entry(lambda b, d, c, s: b.flows.Flow([
         b.T.ActNorm(d, c, H, **b.key(s, 0)), b.T.ReversePermutation(d, **b.key(s, 1))])),
+    # any transform turned around: one fast both ways (LULinear) and a MAF layer (sampling-fast once inverted)
+    "Invert": Entry(lambda b, d, c, s: b.flows.Flow([b.T.Invert(b.T.LULinear(d, c, H, **b.key(s, 0))), b.T.Invert(
+        b.T.AutoregressiveTransform(d, "spline", c, H, **SPLINE, **b.key(s, 1)))])),
+    # a fixed (untrained) affine map to N(loc, L Lᵀ) after a conditional diagonal one (the guide's whitening)
+    "LowerCholeskyAffine": Entry(lambda b, d, c, s: b.flows.Flow([
+        b.T.DiagonalAffine(d, c, H, **b.key(s, 0)),
+        b.T.LowerCholeskyAffine(d, **b.key(s, 1)).with_values(*_cholesky(d))])),
     # fixed permutations around a free diagonal scaling: no layer takes a context
     "Permutations": Entry(lambda b, d, c, s: b.flows.Flow([
         b.T.Permutation(d, _rotation(d), **b.key(s, 0)), b.T.DiagonalAffine(d, **b.key(s, 1)),

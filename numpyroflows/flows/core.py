@@ -22,6 +22,7 @@ import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
 from .._checks import check_context, check_input
+from .._dtype import cast_params
 from ..transforms.base import (
     FlowChain,
     FlowTransform,
@@ -30,6 +31,7 @@ from ..transforms.base import (
     floating_input,
     record_init_arguments,
 )
+from .bases import TrainableBase
 
 Array = jax.Array
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -46,8 +48,11 @@ class Flow:
     Args:
         transforms: the transforms of ``T`` (:class:`~numpyroflows.transforms.FlowTransform` instances), applied first
             to last from base to data; they share one ``input_dim`` and (those that take one) one ``context_dim``.
-        base: any NumPyro distribution with ``event_shape == (input_dim,)``; ``None`` for the standard normal. A flow
-            with a custom base cannot be saved by :func:`numpyroflows.save`.
+        base: any NumPyro distribution with ``event_shape == (input_dim,)``; ``None`` for the standard normal; or a
+            trainable base (:class:`~numpyroflows.flows.TrainableBase`, e.g.
+            :class:`~numpyroflows.flows.DiagonalNormal`), whose parameters join the flow's under ``base.`` (trained
+            by ``fit``, registered by ``module``) and which is saved with the flow. A flow with another custom base
+            cannot be saved by :func:`numpyroflows.save`.
 
     Example:
         >>> flow = NSF(input_dim=2, key=jax.random.PRNGKey(0))
@@ -95,8 +100,12 @@ class Flow:
 
     @property
     def params(self) -> dict[str, Array]:
-        """All parameters, a flat dict keyed ``"transforms.{i}.<name>"`` (the keys of pyroflows' ``state_dict``)."""
-        return {f"transforms.{i}.{k}": v for i, t in enumerate(self.transforms) for k, v in t.params.items()}
+        """All parameters, a flat dict keyed ``"transforms.{i}.<name>"`` and, with a trainable base, ``"base.<name>"``
+        (the keys of pyroflows' ``state_dict``)."""
+        out = {f"transforms.{i}.{k}": v for i, t in enumerate(self.transforms) for k, v in t.params.items()}
+        if isinstance(self.base, TrainableBase):
+            out.update({f"base.{k}": v for k, v in self.base.params.items()})
+        return out
 
     def with_params(self, params: dict[str, Array]) -> Flow:
         """The same flow with other parameter values (names as in :attr:`params`)."""
@@ -109,7 +118,20 @@ class Flow:
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
         new.transforms = tuple(parts)
+        if isinstance(self.base, TrainableBase):
+            new.base = self.base.with_params({k: params[f"base.{k}"] for k in self.base.params})
         return new
+
+    def astype(self, dtype: Any) -> Flow:
+        """The same flow with every floating parameter cast to ``dtype`` (the integer-valued buffers to ``dtype`` but
+        at least float32, their values unchanged), as torch's ``flow.to(dtype)``; see "Precision" in
+        :mod:`numpyroflows.transforms.base`. A base distribution that is not trainable is left as it is. Pure
+        (jit-able); float64 needs ``jax_enable_x64``.
+
+        Example:
+            >>> flow64 = flows.NSF(2, key=jax.random.PRNGKey(0)).astype(jnp.float64)   # under jax_enable_x64
+        """
+        return self.with_params(cast_params(self.params, dtype))
 
     @property
     def requires_initialization(self) -> bool:
@@ -148,11 +170,12 @@ class Flow:
 
     def config(self) -> dict:
         """JSON-able configuration from which :func:`numpyroflows.load` rebuilds the flow."""
-        if self.base is not None:
-            raise ValueError("a flow with a custom base distribution cannot be saved; save its transforms instead")
+        base = _base_config(self.base)
         if "_flow_config" in self.__dict__:
-            return json.loads(self.__dict__["_flow_config"])
-        return {"type": "Flow", "transforms": [t.config() for t in self.transforms]}
+            config = json.loads(self.__dict__["_flow_config"])
+        else:
+            config = {"type": "Flow", "transforms": [t.config() for t in self.transforms]}
+        return config if base is None else {**config, "base": base}
 
     # pytree: the transforms and the base are the children, the rest is static
     def tree_flatten(self):
@@ -169,6 +192,20 @@ class Flow:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(input_dim={self.input_dim}, context_dim={self.context_dim}, " \
                f"transforms={len(self.transforms)})"
+
+
+def _base_config(base: Any) -> dict | None:
+    """The saved configuration of a flow's base (``None`` for the standard normal); a ``ValueError`` naming the fix
+    for a base that cannot be saved."""
+    if base is None:
+        return None
+    if isinstance(base, TrainableBase):
+        return base.config()
+    raise ValueError(
+        f"a flow with a custom base distribution ({type(base).__name__}) cannot be saved: only the standard normal "
+        "and trainable bases (numpyroflows.flows.TrainableBase subclasses, e.g. DiagonalNormal(input_dim, loc, "
+        "scale)) are saved with their flow. Use one of those (a DiagonalNormal whose parameters you set, or your own "
+        "TrainableBase subclass), or save the transforms and rebuild the flow around your base after loading")
 
 
 def base_log_prob(flow: Flow, z: Array) -> Array:

@@ -1,9 +1,11 @@
 """Named flows in JAX: configurations of transforms with the defaults the papers found good.
 
-Every recipe is a :class:`~numpyroflows.flows.core.Flow` subclass with a standard normal base and a keyword-only PRNG
-``key`` for its initial parameters (``PRNGKey(0)`` if None); calling it (with a context when ``context_dim > 0``)
-returns a NumPyro distribution. Arguments use Pyro's vocabulary: ``input_dim``, ``context_dim``, ``num_transforms``,
-``hidden_dims``, ``count_bins``, ``bound``.
+Every recipe is a :class:`~numpyroflows.flows.core.Flow` subclass with a standard normal base, a keyword-only PRNG
+``key`` for its initial parameters (``PRNGKey(0)`` if None) and a keyword-only ``dtype``, the floating type of every
+parameter (``None``: JAX's default, float32 or, with ``jax_enable_x64``, float64; the rule is under "Precision" in
+:mod:`numpyroflows.transforms.base`, and ``flow.astype(dtype)`` casts a built flow); calling it (with a context when
+``context_dim > 0``) returns a NumPyro distribution. Arguments use Pyro's vocabulary: ``input_dim``,
+``context_dim``, ``num_transforms``, ``hidden_dims``, ``count_bins``, ``bound``.
 
 The MADE/MLP-conditioned recipes (:class:`MAF`, :class:`IAF`, :class:`NSF`, :class:`Coupling`, :class:`RealNVP`,
 :class:`NICE`) also take ``output_init``, the start of the conditioners' output weights: the default ``1e-3`` starts
@@ -11,13 +13,14 @@ the flow within about ``1e-3`` of its base distribution (what a guide or a VAE e
 (``±1/sqrt(width)``, as in ``torch.nn.Linear``, zuko and FlowJAX) is an option for density estimation (see
 :func:`~numpyroflows.nn.mlp.output_init_bound` for when each start helps).
 
-Arguments and defaults are those of ``pyroflows.flows`` (plus ``key``), and the flows have the same parameter
-names, so a flow trained in one package loads in the other (:func:`numpyroflows.import_params`).
+Arguments and defaults are those of ``pyroflows.flows`` (plus ``key`` and ``dtype``), and the flows have the same
+parameter names, so a flow trained in one package loads in the other (:func:`numpyroflows.import_params`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -71,12 +74,13 @@ class MAF(Flow):
         randperm: bool = False,
         *,
         key: Array | None = None,
+        dtype: Any = None,
     ) -> None:
         keys = jax.random.split(default_key(key), num_transforms)
         super().__init__([
             AutoregressiveTransform(input_dim, transformer, context_dim, hidden_dims, self._orientation,
                                     _orders(i, input_dim, randperm), activation, count_bins, bound, output_init,
-                                    key=keys[i])
+                                    key=keys[i], dtype=dtype)
             for i in range(num_transforms)
         ])
 
@@ -105,12 +109,13 @@ class NSF(Flow):
         randperm: bool = False,
         *,
         key: Array | None = None,
+        dtype: Any = None,
     ) -> None:
         keys = jax.random.split(default_key(key), num_transforms)
         super().__init__([
             AutoregressiveTransform(input_dim, "spline", context_dim, hidden_dims, "maf",
                                     _orders(i, input_dim, randperm), activation, count_bins, bound, output_init,
-                                    key=keys[i])
+                                    key=keys[i], dtype=dtype)
             for i in range(num_transforms)
         ])
 
@@ -138,13 +143,14 @@ class Coupling(Flow):
         output_init: float | str = OUTPUT_INIT,
         *,
         key: Array | None = None,
+        dtype: Any = None,
     ) -> None:
         from ..transforms.coupling import CouplingTransform
 
         keys = _keys(key, num_transforms)
         super().__init__([
             CouplingTransform(input_dim, transformer, context_dim, hidden_dims, mask, i % 2, activation, count_bins,
-                              bound, seed=i, output_init=output_init, key=keys[i])
+                              bound, seed=i, output_init=output_init, key=keys[i], dtype=dtype)
             for i in range(num_transforms)
         ])
 
@@ -163,13 +169,14 @@ class RealNVP(Flow):
         output_init: float | str = OUTPUT_INIT,
         *,
         key: Array | None = None,
+        dtype: Any = None,
     ) -> None:
         from ..transforms.coupling import CouplingTransform
 
         keys = _keys(key, num_transforms)
         super().__init__([
             CouplingTransform(input_dim, "affine", context_dim, hidden_dims, mask, i % 2, activation, seed=i,
-                              output_init=output_init, key=keys[i])
+                              output_init=output_init, key=keys[i], dtype=dtype)
             for i in range(num_transforms)
         ])
 
@@ -189,6 +196,7 @@ class NICE(Flow):
         output_init: float | str = OUTPUT_INIT,
         *,
         key: Array | None = None,
+        dtype: Any = None,
     ) -> None:
         from ..transforms.coupling import CouplingTransform
         from ..transforms.linear import DiagonalAffine
@@ -196,10 +204,10 @@ class NICE(Flow):
         keys = _keys(key, num_transforms + 1)
         layers = [
             CouplingTransform(input_dim, "additive", context_dim, hidden_dims, mask, i % 2, activation, seed=i,
-                              output_init=output_init, key=keys[i])
+                              output_init=output_init, key=keys[i], dtype=dtype)
             for i in range(num_transforms)
         ]
-        super().__init__([*layers, DiagonalAffine(input_dim, context_dim, hidden_dims, key=keys[-1])])
+        super().__init__([*layers, DiagonalAffine(input_dim, context_dim, hidden_dims, key=keys[-1], dtype=dtype)])
 
 
 class Elementwise(Flow):
@@ -217,12 +225,14 @@ class Elementwise(Flow):
         bound: float = 5.0,
         *,
         key: Array | None = None,
+        dtype: Any = None,
     ) -> None:
         from ..transforms.elementwise import ElementwiseTransform
 
         keys = _keys(key, num_transforms)
         super().__init__([
-            ElementwiseTransform(input_dim, transformer, context_dim, hidden_dims, count_bins, bound, key=keys[i])
+            ElementwiseTransform(input_dim, transformer, context_dim, hidden_dims, count_bins, bound, key=keys[i],
+                                 dtype=dtype)
             for i in range(num_transforms)
         ])
 
@@ -247,6 +257,7 @@ class BNAF(Flow):
         orientation: str = "maf",
         *,
         key: Array | None = None,
+        dtype: Any = None,
     ) -> None:
         from ..transforms.bnaf import BlockNAFTransform
         from ..transforms.linear import Permutation
@@ -255,9 +266,9 @@ class BNAF(Flow):
         layers: list = []
         for i in range(num_transforms):
             if i > 0:
-                layers.append(Permutation(input_dim, kind="reverse"))
+                layers.append(Permutation(input_dim, kind="reverse", dtype=dtype))
             layers.append(BlockNAFTransform(input_dim, context_dim, hidden_factor, num_layers, activation, residual,
-                                            orientation, key=keys[i]))
+                                            orientation, key=keys[i], dtype=dtype))
         super().__init__(layers)
 
 
@@ -265,11 +276,11 @@ class Planar(Flow):
     """Planar flow (Rezende & Mohamed 2015), with an exact inverse of fresh data."""
 
     def __init__(self, input_dim: int, context_dim: int = 0, num_transforms: int = 8,
-                 hidden_dims: Sequence[int] = (64, 64), *, key: Array | None = None) -> None:
+                 hidden_dims: Sequence[int] = (64, 64), *, key: Array | None = None, dtype: Any = None) -> None:
         from ..transforms.planar import PlanarTransform
 
         keys = _keys(key, num_transforms)
-        super().__init__([PlanarTransform(input_dim, context_dim, hidden_dims, key=keys[i])
+        super().__init__([PlanarTransform(input_dim, context_dim, hidden_dims, key=keys[i], dtype=dtype)
                           for i in range(num_transforms)])
 
 
@@ -277,11 +288,11 @@ class Radial(Flow):
     """Radial flow (Rezende & Mohamed 2015), with a closed-form inverse."""
 
     def __init__(self, input_dim: int, context_dim: int = 0, num_transforms: int = 8,
-                 hidden_dims: Sequence[int] = (64, 64), *, key: Array | None = None) -> None:
+                 hidden_dims: Sequence[int] = (64, 64), *, key: Array | None = None, dtype: Any = None) -> None:
         from ..transforms.radial import RadialTransform
 
         keys = _keys(key, num_transforms)
-        super().__init__([RadialTransform(input_dim, context_dim, hidden_dims, key=keys[i])
+        super().__init__([RadialTransform(input_dim, context_dim, hidden_dims, key=keys[i], dtype=dtype)
                           for i in range(num_transforms)])
 
 
@@ -299,11 +310,13 @@ class Sylvester(Flow):
         num_householder: int | None = None,
         *,
         key: Array | None = None,
+        dtype: Any = None,
     ) -> None:
         from ..transforms.sylvester import SylvesterTransform
 
         keys = _keys(key, num_transforms)
         super().__init__([
-            SylvesterTransform(input_dim, context_dim, hidden_dims, num_ortho, q_type, num_householder, key=keys[i])
+            SylvesterTransform(input_dim, context_dim, hidden_dims, num_ortho, q_type, num_householder, key=keys[i],
+                               dtype=dtype)
             for i in range(num_transforms)
         ])

@@ -108,6 +108,28 @@ def lu_inverse(
 # --------------------------------------------------------------------------------------------------- Householder
 
 
+def cholesky_affine_forward(x: Array, loc: Array, scale_tril: Array) -> tuple[Array, Array]:
+    """``y = loc + L x`` for a lower-triangular ``L`` with positive diagonal; ``log|det| = Σ log diag(L)``.
+
+    The map from ``N(0, I)`` to ``N(loc, L Lᵀ)`` (``L`` a Cholesky factor of the covariance).
+
+    Args:
+        x: ``(..., D)``; loc: ``(D,)``; scale_tril: ``(D, D)``, lower triangular (the upper part is ignored).
+
+    Returns:
+        ``(y, log|det|)``, shapes ``(..., D)`` and ``(...)``.
+    """
+    y = loc + x @ jnp.tril(scale_tril).T
+    return y, jnp.broadcast_to(jnp.log(jnp.diagonal(scale_tril)).sum(-1), y.shape[:-1])
+
+
+def cholesky_affine_inverse(y: Array, loc: Array, scale_tril: Array) -> tuple[Array, Array]:
+    """``x = L⁻¹ (y - loc)`` by one triangular solve; ``log|det| = -Σ log diag(L)``."""
+    rows = jnp.reshape(y - loc, (-1, y.shape[-1])).T
+    x = solve_triangular(jnp.tril(scale_tril), rows, lower=True).T.reshape(y.shape)
+    return x, jnp.broadcast_to(-jnp.log(jnp.diagonal(scale_tril)).sum(-1), y.shape[:-1])
+
+
 def _reflect(x: Array, v: Array) -> Array:
     # where (not maximum): a zero vector then gets a zero gradient instead of 0·inf
     norm2 = (v * v).sum(-1, keepdims=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -29,6 +30,7 @@ from flowcommon import guide as common
 from flowcommon.guide import WarmStart
 
 from ..flows import recipes
+from ..flows.bases import TrainableBase
 from ..flows.core import Flow, FlowDistribution
 from ..functional.affine import MIN_SCALE, affine_scale_inverse
 from ..io import module
@@ -37,7 +39,8 @@ from ..nn.mlp import mlp_zero_output
 from ..transforms.autoregressive import AutoregressiveTransform
 from ..transforms.base import FlowChain, chain_forward
 from ..transforms.coupling import CouplingTransform
-from ..transforms.linear import DiagonalAffine, LULinear
+from ..transforms.linear import DiagonalAffine, LowerCholeskyAffine
+from .posterior import PosteriorDraws
 from .warm_start import find_mode, neg_log_density, start_elbo
 
 Array = jax.Array
@@ -45,7 +48,6 @@ Array = jax.Array
 #: name -> (recipe, fixed keyword arguments): the guide's named flows (:data:`flowcommon.guide.FLOW_RECIPES`).
 FLOWS: dict[str, tuple[type[Flow], dict[str, Any]]] = common.flow_table(recipes)
 _SET_BY_GUIDE = ("input_dim", "context_dim", "key")
-_recipe_arguments = common.recipe_arguments  # (FlowEncoder imports it from here)
 
 
 @jax.jit
@@ -70,6 +72,20 @@ class _GuideFlowDistribution(FlowDistribution):
 
     def sample(self, key: Array, sample_shape: tuple = ()) -> Array:
         return self.sample_and_log_prob(key, sample_shape)[0]
+
+
+class PathFlowDistribution(_GuideFlowDistribution):
+    """A guide flow distribution whose ``log_prob`` holds the flow's parameters fixed: ``log q_θ̄(x)``, with ``θ̄``
+    the current values behind ``lax.stop_gradient``, differentiable in ``x`` only (by the exact inverse pass; the
+    density carried in ``intermediates`` is not used).
+
+    Scoring a reparameterized draw ``x = T_θ(z)`` this way gives the path gradient of the ELBO ("sticking the
+    landing", Roeder et al. 2017; for normalizing flows, Vaitl et al. 2022, "Gradients should stay on path"): the
+    score term ``∇_θ log q_θ(x)`` at fixed ``x``, whose expectation is zero, is dropped, so the gradient's variance
+    vanishes where ``q`` equals the posterior. The value of ``log_prob`` is unchanged."""
+
+    def log_prob(self, value: Array, intermediates: list | None = None) -> Array:
+        return FlowDistribution(jax.lax.stop_gradient(self.flow), self.context).log_prob(value)
 
 
 def _check_sites(trace: dict) -> None:
@@ -117,16 +133,20 @@ def _affine(d: int, loc: Array, scale: Array) -> DiagonalAffine:
                                "head.raw_scale": affine_scale_inverse(scale).astype(dtype)})
 
 
-def _final_layers(transform_flow: Flow, init_loc: Array, key: Array, init_scale: float,
+def _final_layers(transform_flow: Flow, loc: Array, key: Array, init_scale: float, whiten: bool,
                   factor: np.ndarray | None = None) -> list:
-    """The final layers, set so that the draws of ``u`` have mean ``init_loc`` and sd ``init_scale`` per coordinate
-    (``[DiagonalAffine]``), or mean ``init_loc`` and covariance ``C Cᵀ`` for ``factor = C`` (``[LULinear,
-    DiagonalAffine]``, see :func:`flowcommon.guide.lu_placement`).
+    """The layers after the flow: ``[DiagonalAffine]``, then ``LowerCholeskyAffine`` where ``whiten``.
+
+    Without ``factor`` the draws of ``u`` get mean ``loc`` and sd ``init_scale`` per coordinate (the affine map in
+    the units of ``u``; the fixed layer, if any, is the identity). With a lower-triangular ``factor = C`` (a Laplace
+    start) the affine map standardizes ``T(z)`` to mean 0 and sd 1 and the fixed layer maps it to ``loc + C x``: the
+    draws have mean ``loc`` and covariance ``C Cᵀ`` for ``T`` at the identity, and the trained layers act in
+    coordinates whitened by the Laplace approximation.
 
     With the standard normal base, ``T(z)`` is measured on antithetic draws ``±z`` and its sd divided by that of ``z``
-    (exact for an affine ``T``, so a flow at the identity gets ``shift = init_loc``, ``scale = init_scale``); with a
+    (exact for an affine ``T``, so a flow at the identity gets ``shift = loc``, ``scale = init_scale``); with a
     custom base, from plain draws."""
-    d, n, dtype = init_loc.shape[0], common.NUM_INIT_SAMPLES // 2, init_loc.dtype
+    d, n, dtype = loc.shape[0], common.NUM_INIT_SAMPLES // 2, loc.dtype
     if transform_flow.base is None:
         z = jax.random.normal(key, (n, d), dtype)
         z = jnp.concatenate([z, -z])
@@ -138,43 +158,49 @@ def _final_layers(transform_flow: Flow, init_loc: Array, key: Array, init_scale:
             jnp.all(jnp.isfinite(mean)) & jnp.all(jnp.isfinite(sd)) & jnp.all(sd > 0)):
         raise ValueError("the flow's draws at initialisation are not finite or are constant in some coordinate; "
                          "check the flow (a callable `flow` must return an invertible flow)")
-    if factor is None:
-        scale = init_scale / sd
-        return [_affine(d, init_loc - scale * mean, scale)]
-    packed, diag, shift, outer = common.lu_placement(factor, np.asarray(mean), np.asarray(sd), MIN_SCALE)
-    lu = LULinear(d, permutation="identity")
-    pdt = lu.params["head.shift"].dtype
-    lu = lu.with_params({**lu.params, "head.packed": jnp.asarray(packed, pdt), "head.shift": jnp.asarray(shift, pdt),
-                         "head.raw_diag": affine_scale_inverse(jnp.asarray(diag)).astype(pdt)})
-    return [lu, DiagonalAffine(d, loc=np.asarray(init_loc), scale=outer)]
+    target_loc, target_scale = (loc, init_scale) if factor is None else (jnp.zeros_like(loc), 1.0)
+    scale = target_scale / sd
+    final = [_affine(d, target_loc - scale * mean, scale)]
+    if whiten:
+        fixed = LowerCholeskyAffine(d, dtype=final[0].params["head.shift"].dtype)
+        final.append(fixed if factor is None else fixed.with_values(np.asarray(loc), factor))
+    return final
 
 
-class AutoFlowGuide(AutoContinuous):
+class AutoFlowGuide(PosteriorDraws, AutoContinuous):
     """A NumPyro autoguide whose posterior over the unconstrained latent vector is a normalizing flow.
 
     All continuous latent sites are mapped to unconstrained space with ``biject_to(support).inv`` and concatenated
     into ``u ∈ R^D`` (the log-Jacobian of each constraint enters exactly, as in every ``AutoContinuous`` guide). The
-    posterior over ``u`` is ``u = loc + scale ⊙ T(z)``, ``z ~ N(0, I_D)``, where ``T`` is the chosen flow and the last
-    layer is a learnable :class:`~numpyroflows.transforms.linear.DiagonalAffine`; the whole chain is one
-    :class:`~numpyroflows.flows.Flow`, and the ELBO scores the guide's own sample from its forward pass (no inverse
-    pass). ``loc`` and ``scale`` start so that the draws of ``u`` have mean ``init_loc`` (from ``init_loc_fn``) and
-    standard deviation ``init_scale`` per coordinate; for the recipes that start at the identity (all but bnaf,
-    radial, sylvester) this is ``loc = init_loc``, ``scale = init_scale``, i.e. the guide starts as ``AutoNormal``
-    does. The flow's parameters are registered with ``numpyro.param`` under ``f"{prefix}_flow$<name>"`` (names as in
-    :attr:`numpyroflows.flows.Flow.params`); their initial values are drawn with a key from ``numpyro.prng_key()`` on
-    the guide's first call (``SVI.init``). Saved ``svi_result.params`` serve a new guide of the same settings
-    (``SVI.init(..., init_params=params)``, ``Predictive(..., params=params)``, then :meth:`median`).
+    posterior over ``u`` is ``u = m + C (a + s ⊙ T(z))``, ``z ~ N(0, I_D)``: ``T`` is the chosen flow, ``(a, s)`` a
+    learnable :class:`~numpyroflows.transforms.linear.DiagonalAffine`, and ``(m, C)`` a fixed
+    :class:`~numpyroflows.transforms.linear.LowerCholeskyAffine` (present when ``D <= laplace_max_dim``; its values are
+    ``numpyro.param`` sites behind ``stop_gradient``, so saved params hold the whole guide and optimizers leave them
+    alone). The whole chain is one :class:`~numpyroflows.flows.Flow`, and the ELBO scores the guide's own sample from
+    its forward pass (no inverse pass). The flow's parameters are registered with ``numpyro.param`` under
+    ``f"{prefix}_flow$<name>"`` (names as in :attr:`numpyroflows.flows.Flow.params`); their initial values are drawn
+    with a key from ``numpyro.prng_key()`` on the guide's first call (``SVI.init``). Saved ``svi_result.params`` serve
+    a new guide of the same settings (``SVI.init(..., init_params=params)``, ``Predictive(..., params=params)``, then
+    :meth:`median`).
+
+    Start (``warm_start="auto"``, the default): on the guide's first call (``SVI.init``, also inside ``SVI.run``)
+    L-BFGS finds the mode of ``log p(u)`` from the ``init_loc_fn`` point, and the guide starts at the Laplace
+    approximation ``N(mode, H⁻¹)``: ``m`` the mode, ``C`` the Cholesky factor of ``H⁻¹``, the flow and the affine map
+    at the identity. The trained layers then act in coordinates whitened by the Laplace approximation, so a learning
+    rate means a step in units of the posterior's own scale on every model (an Adam step of 5e-3 moves a location by
+    0.005 posterior sds, not by 5e-3 whatever its sd), and SVI starts where ``AutoLaplaceApproximation`` ends. Where
+    ``D > laplace_max_dim`` the start is the mode (``"map"``). Where the search finds no clean mode (a funnel), or the
+    Hessian is not positive definite, the warm start falls back (to the mode, or to the default start below) with a
+    warning; see :meth:`warm_start`. ``warm_start=None`` skips the search: the draws of ``u`` start with mean
+    ``init_loc`` and sd ``init_scale`` per coordinate, ``C = I``, and ``(a, s)`` in the units of ``u`` (for the recipes
+    that start at the identity, all but bnaf, radial and sylvester, ``a = init_loc``, ``s = init_scale``: the start
+    of ``AutoNormal``).
 
     Choosing the flow: affine ``"iaf"`` (the default) samples and scores in one pass per layer and can make the scale
     of one coordinate depend on others, which funnel-shaped posteriors need. The spline flows (``"spline_iaf"``,
     ``"nsf"``, ``"spline_coupling"``) map ``[-bound, bound]`` onto itself (identity outside), so they reshape
     marginals but cannot stretch a coordinate by a factor that depends on another one (Neal's funnel shows the
     difference). ``"maf"`` and ``"nsf"`` sample in ``D`` passes per layer.
-
-    Warm start: on posteriors that are far from ``init_loc`` and badly conditioned SVI spends thousands of steps
-    travelling. :meth:`warm_start` first maximises ``log p(u)`` with L-BFGS and places the guide at the mode
-    (``"map"``) or at the Laplace approximation ``N(mode, H⁻¹)`` (``"laplace"``, which inserts a full-rank
-    ``LULinear`` layer before the final affine map), then SVI refines it.
 
     Args:
         model: a NumPyro model with static structure and continuous latent sites.
@@ -187,14 +213,19 @@ class AutoFlowGuide(AutoContinuous):
         init_loc_fn: per-site initialisation (``numpyro.infer.initialization``), e.g. ``init_to_value``.
         init_scale: initial standard deviation of each unconstrained coordinate (> 1e-3).
         create_plates: as in NumPyro's ``AutoGuide``.
-        warm_start: ``None`` (default), ``"map"`` or ``"laplace"``: run :meth:`warm_start` with this method when the
-            guide is built on its first call (``SVI.init``), so that SVI starts from it.
+        warm_start: ``"auto"`` (default), ``"laplace"``, ``"map"`` or ``None``: run :meth:`warm_start` with this
+            method when the guide is built on its first call (``SVI.init``), so that SVI starts from it; ``None``:
+            start at ``N(init_loc, init_scale²)`` without a search.
+        stick_the_landing: score the guide's own draws with its parameters held fixed (:class:`PathFlowDistribution`),
+            so that ``Trace_ELBO`` computes the path gradient, whose variance vanishes as the guide approaches the
+            posterior; the price is the flow's inverse pass in every step (``D`` network passes per autoregressive
+            layer of an IAF).
         **flow_kwargs: further arguments of the recipe (``count_bins``, ``bound``, ``hidden_factor``, ...).
 
     Example:
         >>> guide = AutoFlowGuide(model, "spline_iaf", num_transforms=2, count_bins=8)
-        >>> svi = SVI(model, guide, numpyro.optim.Adam(1e-2), Trace_ELBO())
-        >>> result = svi.run(jax.random.PRNGKey(0), 2000, data)
+        >>> svi = SVI(model, guide, numpyro.optim.ClippedAdam(5e-3), Trace_ELBO())
+        >>> result = svi.run(jax.random.PRNGKey(0), 5000, data)   # starts at the Laplace approximation
         >>> guide.quantiles(result.params, [0.05, 0.5, 0.95])
         >>> Predictive(model, guide=guide, params=result.params, num_samples=100)(jax.random.PRNGKey(1), data)
         >>> neutra = NeuTraReparam(guide, result.params); nuts = NUTS(neutra.reparam(model))   # NeuTra HMC
@@ -207,14 +238,15 @@ class AutoFlowGuide(AutoContinuous):
     #: Number of draws behind :meth:`median` and :meth:`quantiles` (fixed seed, so repeated calls agree).
     num_quantile_samples: int = common.NUM_QUANTILE_SAMPLES
     #: Largest latent size for which :meth:`warm_start` accepts ``method="laplace"`` (a D x D Hessian, its
-    #: eigendecomposition and D² parameters in the guide).
+    #: eigendecomposition, and the D x D fixed factor the guide then holds; no trainable D² parameters).
     laplace_max_dim: int = common.LAPLACE_MAX_DIM
 
     def __init__(self, model: Callable, flow: str | Callable[[int], Flow] = common.DEFAULT_FLOW, *,
                  prefix: str = "auto", num_transforms: int = common.DEFAULT_NUM_TRANSFORMS,
                  hidden_dims: Sequence[int] | None = None, init_loc_fn: Callable = init_to_median,
                  init_scale: float = common.DEFAULT_INIT_SCALE, create_plates: Callable | None = None,
-                 warm_start: str | None = None, **flow_kwargs: Any) -> None:
+                 warm_start: str | None = common.DEFAULT_WARM_START, stick_the_landing: bool = False,
+                 **flow_kwargs: Any) -> None:
         self._init_scale = common.check_init_scale(init_scale, MIN_SCALE)
         common.check_positive_int(num_transforms, "num_transforms")
         common.check_warm_start(warm_start, option=True)
@@ -223,6 +255,7 @@ class AutoFlowGuide(AutoContinuous):
         self._flow_spec, self._num_transforms, self._flow_kwargs = flow, num_transforms, dict(flow_kwargs)
         self._hidden_dims = None if hidden_dims is None else tuple(int(h) for h in hidden_dims)
         self._warm_start_option = warm_start
+        self.stick_the_landing = bool(stick_the_landing)
         self._flow: Flow | None = None  # built with the prototype, on the first call
 
     # ------------------------------------------------------------------------------------------------- building
@@ -261,11 +294,17 @@ class AutoFlowGuide(AutoContinuous):
             self._prepare_prototype(*args, **kwargs)
             key = numpyro.prng_key()
             key = jax.random.PRNGKey(common.SEED) if key is None else key
-            if self._warm_start_option is None:
-                flow = self._build_flow(jnp.asarray(self._init_latent), key)
-            else:
-                flow, _ = self._warm_start(self._warm_start_option, common.DEFAULT_WARM_START_STEPS, key)
-            self._flow = flow
+            option, flow = self._warm_start_option, None
+            # inside a trace (Predictive building a new guide for saved params) there is no search to run: the
+            # guide takes its default start, in the same layout, and the params' values replace it (fixed layer too)
+            if option is not None and not isinstance(self._init_latent, jax.core.Tracer):
+                try:
+                    flow, _ = self._warm_start(option, common.DEFAULT_WARM_START_STEPS, key)
+                except common.FlatDensityError:
+                    if option != "auto":
+                        raise
+                    warnings.warn(common.FLAT_DENSITY_FALLBACK, RuntimeWarning, stacklevel=4)
+            self._flow = self._build_flow(jnp.asarray(self._init_latent), key) if flow is None else flow
 
     def _recipe_flow(self, latent_dim: int, key: Array) -> Flow:
         """The flow ``T`` (before the final layers) for a latent of size ``latent_dim``."""
@@ -279,46 +318,51 @@ class AutoFlowGuide(AutoContinuous):
         return recipe(latent_dim, key=key, **kwargs)
 
     def _build_flow(self, loc: Array, key: Array, factor: np.ndarray | None = None, exact: bool = False) -> Flow:
-        """A fresh flow ``[*recipe layers, (LULinear,) DiagonalAffine]`` placed at ``loc`` with sd ``init_scale``
-        (``factor is None``) or at ``N(loc, factor factorᵀ)``. ``exact``: the recipe layers start at exactly the
-        identity, as the warm start needs."""
+        """A fresh flow ``[*recipe layers, DiagonalAffine(, LowerCholeskyAffine)]`` placed at ``loc`` with sd
+        ``init_scale`` (``factor is None``) or at ``N(loc, factor factorᵀ)``. The fixed layer is there whenever the
+        latent fits :attr:`laplace_max_dim` (the identity without a Laplace start), so that the parameter layout does
+        not depend on how a warm start ended. ``exact``: the recipe layers start at exactly the identity, as the warm
+        start needs."""
         k_flow, k_init = jax.random.split(key)
         layers = self._recipe_flow(self.latent_dim, k_flow)
         if exact:
             layers = Flow(_zero_conditioners(layers.transforms), base=layers.base)
-        final = _final_layers(layers, loc, k_init, self._init_scale, factor)
+        whiten = self.latent_dim <= self.laplace_max_dim
+        final = _final_layers(layers, loc, k_init, self._init_scale, whiten, factor)
         return Flow([*layers.transforms, *final], base=layers.base)
 
     # ------------------------------------------------------------------------------------------------- warm start
-    def warm_start(self, *args: Any, method: str = "laplace", num_steps: int = common.DEFAULT_WARM_START_STEPS,
+    def warm_start(self, *args: Any, method: str = "auto", num_steps: int = common.DEFAULT_WARM_START_STEPS,
                    rng_key: Array | None = None, **kwargs: Any) -> WarmStart:
-        """Place the guide at the mode (``"map"``) or the Laplace approximation (``"laplace"``) of the posterior.
+        """Place the guide at the Laplace approximation (``"laplace"``) or the mode (``"map"``) of the posterior.
 
-        ``log p(u)`` (NumPyro's potential energy with its sign flipped: the model's log joint at
-        ``x = biject_to(support)(u)`` plus ``log|det ∂x/∂u|``) is maximised from the ``init_loc_fn`` point with optax's
-        L-BFGS and a zoom (strong Wolfe) line search, compiled as one loop, in float64 (``jax.enable_x64``) whatever
-        the model's dtype. Then the flow is rebuilt with its layers at exactly the identity and its final layers set:
+        The guide runs this on its first call with its ``warm_start`` option (``"auto"`` by default); call it
+        yourself to redo it with other arguments. ``log p(u)`` (NumPyro's potential energy with its sign flipped: the
+        model's log joint at ``x = biject_to(support)(u)`` plus ``log|det ∂x/∂u|``) is maximised from the
+        ``init_loc_fn`` point with optax's L-BFGS and a zoom (strong Wolfe) line search, compiled as one loop, in
+        float64 (``jax.enable_x64``) whatever the model's dtype. Then the flow is rebuilt with its layers at exactly
+        the identity:
 
-        * ``"map"``: the affine shift at the mode, the scale ``init_scale`` (no second derivatives: any latent size);
         * ``"laplace"``: ``Σ = H⁻¹`` with ``H = jax.hessian`` of ``-log p(u)`` at the mode (eigenvalues that are not
           clearly positive raised to ``1/init_scale²``, with a warning; a Hessian that is not finite or has no
-          Cholesky factor falls back to ``"map"``), and the chain becomes ``T -> LULinear (chol(Σ), identity
-          permutation) -> DiagonalAffine (shift at the mode)``: with identity-start flows the guide at zero SVI steps
-          is exactly ``N(mode, Σ)``. The LU layer adds ``D²`` trainable parameters; ``D`` above
-          :attr:`laplace_max_dim` is refused.
+          Cholesky factor falls back to ``"map"``); the fixed ``LowerCholeskyAffine`` layer is set to the mode and
+          the Cholesky factor of ``Σ``, the ``DiagonalAffine`` before it to the identity: the guide at zero SVI steps
+          is exactly ``N(mode, Σ)``, and SVI trains in whitened coordinates. ``D`` above :attr:`laplace_max_dim` is
+          refused;
+        * ``"map"``: the affine shift at the mode, the scale ``init_scale`` (no second derivatives: any latent size);
+        * ``"auto"``: ``"laplace"`` where ``D <= laplace_max_dim``, else ``"map"``.
 
         Unless the search converged to a clean mode (``"laplace"``, positive-definite Hessian), the placed guide's
         ELBO (a fixed number of seeded draws) is compared with the default start's, and where it is lower or not
         finite (a funnel has no useful mode) the guide keeps the default start (``method="none"`` in the result).
 
         The guide keeps the placed flow as the initial values of its ``numpyro.param`` sites, so a following
-        ``svi.init`` / ``svi.run`` starts from it; if SVI was already initialised, pass ``init_params=result.params``
-        (``"laplace"`` changes the parameter layout, so an old SVI state cannot be continued). Run it outside
-        ``jax.jit`` (it returns host values).
+        ``svi.init`` / ``svi.run`` starts from it; if SVI was already initialised, pass ``init_params=result.params``.
+        Run it outside ``jax.jit`` (it returns host values).
 
         Args:
             *args, **kwargs: the model's arguments (``method``, ``num_steps`` and ``rng_key`` are taken by this method).
-            method: ``"laplace"`` (default) or ``"map"``.
+            method: ``"auto"`` (default), ``"laplace"`` or ``"map"``.
             num_steps: maximum number of L-BFGS iterations.
             rng_key: PRNG key for ``init_loc_fn`` (if the guide is not built yet) and the flow's initial parameters;
                 ``None``: ``PRNGKey(0)``.
@@ -328,7 +372,7 @@ class AutoFlowGuide(AutoContinuous):
             iterations, convergence, ``params``).
 
         Example:
-            >>> guide = AutoFlowGuide(model)
+            >>> guide = AutoFlowGuide(model, warm_start=None)
             >>> ws = guide.warm_start(x, y, method="laplace")
             >>> result = SVI(model, guide, numpyro.optim.Adam(1e-2), Trace_ELBO()).run(key, 1000, x, y)
 
@@ -358,6 +402,7 @@ class AutoFlowGuide(AutoContinuous):
         """Search, Hessian and placement (``potential``: NumPyro's potential energy of a dict of unconstrained
         values; default that of the prototype): the new flow and the record."""
         start = time.perf_counter()
+        method = common.resolve_warm_start(method, self.latent_dim, self.laplace_max_dim)
         if method == "laplace":
             common.check_laplace_size(self.latent_dim, self.laplace_max_dim)
         fn = neg_log_density(potential or self._potential_fn, self._unpack_latent)
@@ -391,12 +436,20 @@ class AutoFlowGuide(AutoContinuous):
                            "pass the params of the SVI run that trained this guide (svi.get_params(state))")
         return flow.with_params({k: params[f"{name}${k}"] for k in flow.params})
 
+    @staticmethod
+    def _affine_of(flow: Flow) -> DiagonalAffine:
+        """The flow's learnable final ``DiagonalAffine`` (before the fixed layer, if there is one)."""
+        return flow.transforms[-2] if isinstance(flow.transforms[-1], LowerCholeskyAffine) else flow.transforms[-1]
+
     def _get_posterior(self) -> FlowDistribution:
-        return _GuideFlowDistribution(module(f"{self.prefix}_flow", self._require_flow()))
+        cls = PathFlowDistribution if self.stick_the_landing else _GuideFlowDistribution
+        return cls(module(f"{self.prefix}_flow", self._require_flow()))
 
     def get_base_dist(self) -> dist.Distribution:
         """The standard normal base ``N(0, I_D)`` (event dim 1), or the custom base of a callable flow."""
         flow = self._require_flow()
+        if isinstance(flow.base, TrainableBase):
+            return flow.base.distribution()
         return flow.base if flow.base is not None else dist.Normal(jnp.zeros(self.latent_dim), 1.0).to_event(1)
 
     def get_transform(self, params: dict[str, Array]) -> FlowChain:
@@ -424,7 +477,7 @@ class AutoFlowGuide(AutoContinuous):
         flow = self._trained_flow(params)
         n, key = int(self.num_quantile_samples), jax.random.PRNGKey(common.SEED)
         if flow.base is None:
-            z = jax.random.normal(key, (n, self.latent_dim), flow.transforms[-1].params["head.shift"].dtype)
+            z = jax.random.normal(key, (n, self.latent_dim), self._affine_of(flow).params["head.shift"].dtype)
         else:
             z = flow.base.sample(key, (n,))
         u = _forward(flow.transforms, z)

@@ -37,32 +37,21 @@ from flowcommon.fit import (
     _standardize_stats,
 )
 
+from .._dtype import is_buffer
 from ..flows.core import Flow
 from ..functional.affine import MIN_SCALE, affine_scale
-from ..transforms.linear import _BUFFERS, DiagonalAffine, _affine_start
+from ..transforms.linear import _BUFFERS, DiagonalAffine
 
 Array = jax.Array
 
 
 # ===================================================================================================== JAX parts
 def _flow_dtype(flow: Flow) -> Any:
-    for v in flow.params.values():
-        if jnp.issubdtype(v.dtype, jnp.floating):
+    """The floating type of the flow's parameters (not of its integer-valued buffers, stored in at least float32)."""
+    for k, v in flow.params.items():
+        if jnp.issubdtype(v.dtype, jnp.floating) and not is_buffer(k):
             return v.dtype
     return jnp.result_type(float)
-
-
-def _cast(t: DiagonalAffine, dtype: Any) -> DiagonalAffine:
-    return t.with_params({k: v.astype(dtype) for k, v in t.params.items()})
-
-
-def _affine(d: int, loc: np.ndarray, scale: np.ndarray, dtype: Any) -> DiagonalAffine:
-    """``DiagonalAffine(d, loc=loc, scale=scale)`` in ``dtype``, its start exact in float64 flows: the constructor
-    stores the start in float32 (as every numpyroflows constructor), so the float64 start its ``_affine_start``
-    computes is written again in the flow's dtype."""
-    shift, raw = _affine_start(d, loc, scale)
-    affine = DiagonalAffine(d, loc=loc.tolist(), scale=scale.tolist())
-    return affine.with_params({"head.shift": jnp.asarray(shift, dtype), "head.raw_scale": jnp.asarray(raw, dtype)})
 
 
 def _optimizer(hyper: dict[str, Array], decay: tuple[bool, ...], names: tuple[str, ...], optimizer: Any,
@@ -194,7 +183,7 @@ class _Trainer:
         self.std = (_standardize_stats(split.x_train, dequantize, float(jnp.finfo(self.dtype).eps), MIN_SCALE)
                     if standardize else None)
         self.model = flow if self.std is None else Flow(
-            [*flow.transforms, _cast(DiagonalAffine(flow.input_dim), self.dtype)], base=flow.base)
+            [*flow.transforms, DiagonalAffine(flow.input_dim, dtype=self.dtype)], base=flow.base)
         self.offset = 0.0 if self.std is None else self.std.log_det
         key_val, self.key_init, self.key_train, self.key_bpd = jax.random.split(jax.random.PRNGKey(int(seed)), 4)
         scaled = (lambda a: a) if self.std is None else self.std.apply
@@ -277,7 +266,8 @@ class _Trainer:
         shift = np.asarray(trained.params["head.shift"], np.float64)
         scale = np.asarray(affine_scale(trained.params["head.raw_scale"]), np.float64)
         loc, s = self.std.compose(shift, scale, MIN_SCALE)
-        affine = _affine(model.input_dim, loc, s, self.dtype)
+        # the start, computed in float64, is exact in a float64 flow (lists: the configuration is saved as JSON)
+        affine = DiagonalAffine(model.input_dim, loc=loc.tolist(), scale=s.tolist(), dtype=self.dtype)
         return Flow([*inner, _put(affine, self.dev)], base=model.base)
 
     def result(self) -> Flow:

@@ -115,7 +115,7 @@ def find_mode(fn: Callable[[Array], Array], u0: Array, method: str, num_steps: i
         loc, value, grad, iterations, code = jax.jit(lambda u: minimize_lbfgs(fn, u, num_steps))(start)
         iterations, code = int(iterations), int(code)
         if code == common.GRAD_SMALL and iterations == 0 and _is_flat(fn, start):
-            raise ValueError(common.FLAT_DENSITY_MESSAGE)
+            raise common.FlatDensityError(common.FLAT_DENSITY_MESSAGE)
         loc64, value = np.asarray(loc, np.float64), float(value)
         rel = common.relative_gradient(np.asarray(grad), loc64, value)
         converged, message = common.describe_search(code, iterations, num_steps, value, rel,

@@ -29,6 +29,8 @@ class FeatureMLP:
         hidden_dims: widths of the layers; the last one is the feature size (``out_features``).
         activation: one of ``relu``, ``elu``, ``tanh``, ``gelu``, ``silu``.
         key: PRNG key of the initial weights (drawn like ``torch.nn.Linear``; ``PRNGKey(0)`` if None).
+        dtype: floating type of the weights (``None``: JAX's default; the rule of
+            :mod:`numpyroflows.transforms.base`).
 
     Example:
         >>> net = FeatureMLP(784, (300, 300), key=jax.random.PRNGKey(0))
@@ -40,7 +42,7 @@ class FeatureMLP:
     """
 
     def __init__(self, in_features: int, hidden_dims: Sequence[int] = (300, 300), activation: str = "relu", *,
-                 key: Array | None = None) -> None:
+                 key: Array | None = None, dtype=None) -> None:
         widths = (int(in_features),) + tuple(int(h) for h in hidden_dims)
         if len(widths) < 2 or min(widths) < 1:
             raise ValueError(f"FeatureMLP needs in_features >= 1 and at least one hidden width >= 1, got "
@@ -50,7 +52,7 @@ class FeatureMLP:
         keys = jax.random.split(jax.random.PRNGKey(0) if key is None else key, len(widths) - 1)
         self.params: dict[str, Array] = {}
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-            self.params[f"layers.{i}.weight"], self.params[f"layers.{i}.bias"] = linear_init(keys[i], a, b)
+            self.params[f"layers.{i}.weight"], self.params[f"layers.{i}.bias"] = linear_init(keys[i], a, b, dtype)
 
     def __call__(self, x: Array) -> Array:
         act = get_activation(self.activation)

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._dtype import float_dtype, uniform
 from .mlp import OUTPUT_INIT, get_activation, linear_init, output_init_bound, params_view
 
 Array = jax.Array
@@ -83,7 +84,7 @@ def made_sequence(input_dim: int, order: str | Sequence[int] = "ascending") -> l
 
 def made_init(key: Array, input_dim: int, num_params: int, hidden_dims: Sequence[int], context_dim: int = 0,
               order: str | Sequence[int] = "ascending", output_bias: Array | None = None,
-              dtype=jnp.float32, output_init: float | str | None = None) -> dict[str, Array]:
+              dtype=None, output_init: float | str | None = None) -> dict[str, Array]:
     """Initial parameters ``{"flat", "context_layer.weight"}`` of a MADE (module docstring for the layout).
 
     Every layer starts uniform in ``±1/sqrt(fan_in)`` (:func:`~numpyroflows.nn.mlp.linear_init`, the start of
@@ -97,12 +98,14 @@ def made_init(key: Array, input_dim: int, num_params: int, hidden_dims: Sequence
         context_dim: size of an optional context vector fed to the first hidden layer (no bias of its own).
         order: ``ascending``, ``descending`` or an explicit permutation (see :func:`input_degrees`).
         output_bias: initial output bias per parameter (``(P,)``), repeated over the dimensions (parameter-major).
-        dtype: dtype of every array.
+        dtype: floating dtype of every array (``None``: JAX's default; the rule of
+            :mod:`numpyroflows.transforms.base`).
         output_init: half-width of the uniform start of the output weights, or ``"fan_in"`` for
             ``±1/sqrt(hidden_dims[-1])`` (see :func:`~numpyroflows.nn.mlp.output_init_bound`). ``None`` (default):
             ``OUTPUT_INIT = 1e-3`` when ``output_bias`` is given (the MADE starts near that constant), else the
             ``linear_init`` start of weights and bias.
     """
+    dtype = float_dtype(dtype)
     hidden_dims = tuple(int(h) for h in hidden_dims)
     if not hidden_dims:
         raise ValueError("MADE needs at least one hidden layer (hidden_dims=(64, 64) is a good default)")
@@ -115,7 +118,7 @@ def made_init(key: Array, input_dim: int, num_params: int, hidden_dims: Sequence
     if output_bias is not None or output_init is not None:
         out_f, in_f = shapes[-1]
         a = output_init_bound(OUTPUT_INIT if output_init is None else output_init, in_f)
-        tensors[-2] = jax.random.uniform(keys[-2], (out_f, in_f), dtype, -a, a)
+        tensors[-2] = uniform(keys[-2], (out_f, in_f), dtype, -a, a)
     if output_bias is not None:
         tensors[-1] = jnp.repeat(jnp.asarray(output_bias, dtype), input_dim)
     params = {"flat": jnp.concatenate([t.reshape(-1) for t in tensors])}

@@ -18,6 +18,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from .._dtype import float_dtype, uniform
+
 Array = jax.Array
 
 ACTIVATIONS = {"relu": jax.nn.relu, "elu": jax.nn.elu, "tanh": jnp.tanh, "gelu": lambda x: jax.nn.gelu(x, False),
@@ -59,12 +61,15 @@ def get_activation(name: str):
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}") from None
 
 
-def linear_init(key: Array, in_features: int, out_features: int, dtype=jnp.float32) -> tuple[Array, Array]:
-    """``(W (out, in), b (out,))`` drawn like ``torch.nn.Linear``: uniform in ``±1/sqrt(in_features)``."""
+def linear_init(key: Array, in_features: int, out_features: int, dtype=None) -> tuple[Array, Array]:
+    """``(W (out, in), b (out,))`` drawn like ``torch.nn.Linear``: uniform in ``±1/sqrt(in_features)``, drawn in
+    float32 and stored in ``dtype`` (``None``: JAX's default floating type; the rule of
+    :mod:`numpyroflows.transforms.base`)."""
+    dtype = float_dtype(dtype)
     kw, kb = jax.random.split(key)
     bound = 1.0 / max(in_features, 1) ** 0.5
-    w = jax.random.uniform(kw, (out_features, in_features), dtype, -bound, bound)
-    b = jax.random.uniform(kb, (out_features,), dtype, -bound, bound)
+    w = uniform(kw, (out_features, in_features), dtype, -bound, bound)
+    b = uniform(kb, (out_features,), dtype, -bound, bound)
     return w, b
 
 
@@ -75,7 +80,7 @@ def params_view(out: Array, num_params: int, num_dims: int) -> Array:
 
 
 def mlp_init(key: Array, in_features: int, out_features: int, hidden_dims=(64, 64), context_dim: int = 0,
-             output_bias: Array | None = None, dtype=jnp.float32,
+             output_bias: Array | None = None, dtype=None,
              output_init: float | str | None = None) -> dict[str, Array]:
     """Initial parameters ``{name: array}`` of an MLP ``y = W_L σ(… σ(W_1 x + C c + b_1) …) + b_L`` whose first layer
     also reads a context ``c``.
@@ -92,7 +97,8 @@ def mlp_init(key: Array, in_features: int, out_features: int, hidden_dims=(64, 6
         context_dim: size of the context (0 for none).
         output_bias: initial value of the output bias, ``(out_features,)``; the output weights then start uniform in
             ``±output_init`` so the network starts near this constant.
-        dtype: dtype of every array.
+        dtype: floating dtype of every array (``None``: JAX's default; the rule of
+            :mod:`numpyroflows.transforms.base`).
         output_init: half-width of the uniform start of the output weights, or ``"fan_in"`` for
             ``±1/sqrt(fan_in)`` (:func:`output_init_bound`). ``None`` (default): ``OUTPUT_INIT = 1e-3`` when
             ``output_bias`` is given, else :func:`linear_init`'s start of weights and bias.
@@ -102,6 +108,7 @@ def mlp_init(key: Array, in_features: int, out_features: int, hidden_dims=(64, 6
     """
     if in_features == 0 and context_dim == 0:
         raise ValueError("MLP needs in_features > 0 or context_dim > 0")
+    dtype = float_dtype(dtype)
     hidden_dims = tuple(int(h) for h in hidden_dims)
     widths = (hidden_dims[0] if hidden_dims else out_features,) + hidden_dims[1:] + (
         (out_features,) if hidden_dims else ())
@@ -127,12 +134,12 @@ def mlp_init(key: Array, in_features: int, out_features: int, hidden_dims=(64, 6
             raise ValueError("output_bias needs a biased output layer")
         shape = p[f"{last}.weight"].shape
         a = output_init_bound(output_init, shape[1])
-        p[f"{last}.weight"] = jax.random.uniform(keys[-1], shape, dtype, -a, a)
+        p[f"{last}.weight"] = uniform(keys[-1], shape, dtype, -a, a)
         if output_bias is not None:
             p[f"{last}.bias"] = jnp.asarray(output_bias, dtype)
         if not hidden_dims and in_features > 0 and context_dim > 0:  # the context also feeds the output directly
             a = output_init_bound(output_init, context_dim)
-            p["context_layer.weight"] = jax.random.uniform(keys[1], p["context_layer.weight"].shape, dtype, -a, a)
+            p["context_layer.weight"] = uniform(keys[1], p["context_layer.weight"].shape, dtype, -a, a)
     return p
 
 

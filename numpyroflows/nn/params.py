@@ -20,28 +20,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._dtype import float_dtype
 from .mlp import mlp_apply, mlp_init
 
 Array = jax.Array
 
 
 def param_head_init(key: Array, init: Mapping[str, Array], context_dim: int = 0,
-                    hidden_dims: Sequence[int] = (64, 64), dtype=jnp.float32) -> dict[str, Array]:
+                    hidden_dims: Sequence[int] = (64, 64), dtype=None) -> dict[str, Array]:
     """Initial parameters of a head: ``init`` itself, or (with a context) an MLP whose output bias is ``init``
     flattened.
 
     Args:
         key: PRNG key of the context network (unused without a context).
-        init: initial value of each named parameter (any shapes); with a context they are concatenated, flattened,
-            in the order of ``init``.
+        init: initial value of each named parameter (any shapes; pass NumPy float64 values to keep a float64 start
+            exact); with a context they are concatenated, flattened, in the order of ``init``.
         context_dim: 0 for free parameters, else the size of the context.
         hidden_dims: hidden widths of the context network.
-        dtype: dtype of every array.
+        dtype: floating dtype of every array (``None``: JAX's default; the rule of
+            :mod:`numpyroflows.transforms.base`); ``init`` is rounded to it once.
 
     Returns:
         ``{name: array}`` without a context, ``{"net.<mlp name>": array}`` with one (see
         :func:`~numpyroflows.nn.mlp.mlp_init`).
     """
+    dtype = float_dtype(dtype)
     if context_dim == 0:
         return {k: jnp.asarray(v, dtype) for k, v in init.items()}
     flat = jnp.concatenate([jnp.asarray(v, dtype).reshape(-1) for v in init.values()])

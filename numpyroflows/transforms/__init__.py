@@ -5,17 +5,20 @@ Names: a transform that is the layer of a recipe ends in ``Transform`` (``Autore
 ``CouplingTransform``, ``ElementwiseTransform``, ``BlockNAFTransform``, ``PlanarTransform``, ``RadialTransform``,
 ``SylvesterTransform``), so that ``transforms.PlanarTransform`` is never confused with the recipe ``flows.Planar``;
 every other transform is named by its map (``LULinear``, ``Householder``, ``ActNorm``, ``DiagonalAffine``,
-``Permutation``, ``LeakyReLU``, ``Sigmoid``, ``Tanh``)."""
+``LowerCholeskyAffine``, ``Permutation``, ``LeakyReLU``, ``Sigmoid``, ``Tanh``), and ``Invert(t)`` is any transform
+``t`` turned around."""
 
 from .autoregressive import AutoregressiveTransform, InverseAutoregressiveTransform, MaskedAutoregressiveTransform
 from .base import TRANSFORMS, ConditionedTransform, FlowChain, FlowTransform, from_config
 from .bnaf import BlockNAFTransform
 from .coupling import CouplingTransform, coupling_mask
 from .elementwise import ElementwiseTransform, LeakyReLU, Sigmoid, Tanh
+from .invert import Invert
 from .linear import (
     ActNorm,
     DiagonalAffine,
     Householder,
+    LowerCholeskyAffine,
     LULinear,
     Permutation,
     RandomPermutation,
@@ -39,7 +42,8 @@ from .transformers import (
 __all__ = [
     "TRANSFORMERS", "TRANSFORMS", "ActNorm", "Additive", "Affine", "AutoregressiveTransform", "BlockNAFTransform",
     "ConditionedTransform", "CouplingTransform", "DiagonalAffine", "ElementwiseTransform", "FlowChain",
-    "FlowTransform", "Householder", "InverseAutoregressiveTransform", "LULinear", "LeakyReLU",
+    "FlowTransform", "Householder", "Invert", "InverseAutoregressiveTransform", "LULinear", "LeakyReLU",
+    "LowerCholeskyAffine",
     "MaskedAutoregressiveTransform", "MonotoneBSpline", "MonotoneMixture", "Permutation", "PlanarTransform",
     "RQSpline", "RadialTransform", "RandomPermutation", "ReversePermutation", "Sigmoid", "SylvesterTransform", "Tanh",
     "Transformer", "coupling_mask", "from_config", "initialize_flow", "make_transformer",

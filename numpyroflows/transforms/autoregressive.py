@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -62,6 +63,8 @@ class AutoregressiveTransform(FlowTransform):
             FlowJAX's start) can help affine MAFs fitted by maximum likelihood and hurt spline ones (see
             :func:`~numpyroflows.nn.mlp.output_init_bound`).
         key: PRNG key of the initial parameters (``PRNGKey(0)`` if None).
+        dtype: floating type of the parameters (``None``: JAX's default; see "Precision" in
+            :mod:`numpyroflows.transforms.base`).
 
     Parameters: ``"made.flat"`` (and ``"made.context_layer.weight"`` with a context), laid out as in
     :mod:`numpyroflows.nn.made`. Arguments and parameter names are those of
@@ -86,6 +89,7 @@ class AutoregressiveTransform(FlowTransform):
         output_init: float | str = OUTPUT_INIT,
         *,
         key: Array | None = None,
+        dtype: Any = None,
     ) -> None:
         super().__init__(input_dim, context_dim)
         if orientation not in ("maf", "iaf"):
@@ -98,7 +102,8 @@ class AutoregressiveTransform(FlowTransform):
         self.order = order if isinstance(order, str) else tuple(int(i) for i in order)
         self.activation = activation
         made = made_init(default_key(key), input_dim, self.transformer.num_params, self.hidden_dims, context_dim,
-                         self.order, output_bias=self.transformer.identity_params(), output_init=output_init)
+                         self.order, output_bias=self.transformer.identity_params(), dtype=dtype,
+                         output_init=output_init)
         self.params = {f"made.{k}": v for k, v in made.items()}
 
     def _made(self, params: dict) -> dict:
@@ -173,9 +178,9 @@ class MaskedAutoregressiveTransform(AutoregressiveTransform):
     def __init__(self, input_dim: int, transformer: str | Transformer = "affine", context_dim: int = 0,
                  hidden_dims: Sequence[int] = (64, 64), order: str | Sequence[int] = "ascending",
                  activation: str = "relu", count_bins: int = 8, bound: float = 5.0,
-                 output_init: float | str = OUTPUT_INIT, *, key: Array | None = None):
+                 output_init: float | str = OUTPUT_INIT, *, key: Array | None = None, dtype: Any = None):
         super().__init__(input_dim, transformer, context_dim, hidden_dims, "maf", order, activation, count_bins,
-                         bound, output_init, key=key)
+                         bound, output_init, key=key, dtype=dtype)
 
 
 class InverseAutoregressiveTransform(AutoregressiveTransform):
@@ -184,6 +189,6 @@ class InverseAutoregressiveTransform(AutoregressiveTransform):
     def __init__(self, input_dim: int, transformer: str | Transformer = "affine", context_dim: int = 0,
                  hidden_dims: Sequence[int] = (64, 64), order: str | Sequence[int] = "ascending",
                  activation: str = "relu", count_bins: int = 8, bound: float = 5.0,
-                 output_init: float | str = OUTPUT_INIT, *, key: Array | None = None):
+                 output_init: float | str = OUTPUT_INIT, *, key: Array | None = None, dtype: Any = None):
         super().__init__(input_dim, transformer, context_dim, hidden_dims, "iaf", order, activation, count_bins,
-                         bound, output_init, key=key)
+                         bound, output_init, key=key, dtype=dtype)

@@ -10,6 +10,16 @@ Conventions:
   passes through ``jax.jit``/``vmap``/``grad``; :meth:`FlowTransform.with_params` gives a copy with other values.
 * ``T.condition(context)`` binds a context (a plain NumPyro ``Transform``, also a pytree), usable wherever NumPyro
   takes a ``Transform``.
+* Precision (the ``dtype=`` keyword of every transform and recipe): parameters are stored in ``dtype``, by default
+  JAX's default floating type, float32, or float64 when ``jax_enable_x64`` is on (as ``jnp.zeros`` does); float64
+  with x64 off is refused, naming the fix. Random initial values are drawn in float32 whatever the dtype, so one
+  ``key`` gives the same flow in every dtype; constant starts (the transformers' identity parameters,
+  ``DiagonalAffine``'s ``loc``/``scale``, ``LeakyReLU``'s slope, ...) are computed in float64 and rounded once to
+  ``dtype``, so a float64 flow starts exactly where asked. The integer-valued buffers (permutations, ActNorm's flag)
+  are stored in ``dtype`` but at least float32, which holds their values exactly. ``T.astype(dtype)`` and
+  ``Flow.astype(dtype)`` cast an existing transform or flow by the same rule (torch's ``.to(dtype)``); a transform
+  computes in the promotion of its input's and its parameters' types. ``dtype`` is not configuration: saved files
+  keep each array's type, and ``from_config`` builds in the default type.
 
 These conventions and the parameter names are those of pyroflows (its ``state_dict`` keys), so parameters move between
 the packages name for name.
@@ -29,6 +39,7 @@ from numpyro.distributions import constraints
 from numpyro.distributions.transforms import Transform
 
 from .._checks import check_context, check_input
+from .._dtype import cast_params, is_buffer
 
 Array = jax.Array
 
@@ -37,6 +48,8 @@ TRANSFORMS: dict[str, type] = {}
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, FlowTransform):  # a wrapped transform (Invert's): its own configuration
+        return value.config()
     if hasattr(value, "spec"):
         return {"__transformer__": value.spec()}
     if isinstance(value, (tuple, list)):
@@ -61,9 +74,9 @@ def record_init_arguments(cls: type) -> None:
     """Wrap ``cls.__init__`` so that an instance remembers (as JSON) the arguments it was built with.
 
     The outermost constructor call stores ``{"type": class name, "kwargs": JSON-able arguments}`` as ``_flow_config``
-    (straight into ``__dict__``); calls to ``super().__init__`` leave it alone. The PRNG ``key`` is not configuration
-    and is left out. Transforms and flows use it to be saved without pickling code (:meth:`FlowTransform.config`,
-    :func:`from_config`)."""
+    (straight into ``__dict__``); calls to ``super().__init__`` leave it alone. The PRNG ``key`` and the ``dtype`` are
+    not configuration and are left out. Transforms and flows use it to be saved without pickling code
+    (:meth:`FlowTransform.config`, :func:`from_config`)."""
     init = cls.__dict__.get("__init__")
     if init is None:
         return
@@ -74,7 +87,7 @@ def record_init_arguments(cls: type) -> None:
         if "_flow_config" not in self.__dict__:
             bound = sig.bind(self, *args, **kw)
             bound.apply_defaults()
-            cfg = {k: _jsonable(v) for k, v in list(bound.arguments.items())[1:] if k != "key"}
+            cfg = {k: _jsonable(v) for k, v in list(bound.arguments.items())[1:] if k not in ("key", "dtype")}
             self.__dict__["_flow_config"] = json.dumps({"type": type(self).__name__, "kwargs": cfg})
         init(self, *args, **kw)
 
@@ -114,6 +127,11 @@ class FlowTransform(_FusedTransform):
     ``_inverse_ld(params, y, context)`` (pure functions of the parameter dict), each returning the output and the
     log-determinant of the map it computes, summed over the last axis.
     """
+
+    #: constructor arguments that take another transform (saved as its configuration, revived by from_config)
+    transform_args: tuple[str, ...] = ()
+    #: names in ``params`` that the map holds fixed (behind ``lax.stop_gradient``: their gradients are zero)
+    fixed_params: tuple[str, ...] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)  # NumPyro registers the class as a pytree
@@ -179,9 +197,19 @@ class FlowTransform(_FusedTransform):
             raise ValueError(f"parameter names do not match {type(self).__name__}: missing {sorted(missing)}, "
                              f"unexpected {sorted(unexpected)}")
         new = object.__new__(type(self))
-        new.__dict__.update(self.__dict__)
+        new.__dict__.update({k: v for k, v in self.__dict__.items() if k != "_inv"})  # not NumPyro's cached `.inv`
         new.params = {k: jnp.asarray(params[k]) for k in self.params}
         return new
+
+    def astype(self, dtype: Any) -> FlowTransform:
+        """A copy with every floating parameter cast to ``dtype`` (the integer-valued buffers to ``dtype`` but at least
+        float32, their values unchanged), as torch's ``module.to(dtype)``; see "Precision" in
+        :mod:`numpyroflows.transforms.base`. Pure (jit-able); float64 needs ``jax_enable_x64``.
+
+        Example:
+            >>> t64 = LULinear(3, key=jax.random.PRNGKey(0)).astype(jnp.float64)   # under jax_enable_x64
+        """
+        return self.with_params(cast_params(self.params, dtype))
 
     def config(self) -> dict:
         """JSON-able description from which :func:`numpyroflows.transforms.from_config` rebuilds this transform."""
@@ -258,10 +286,13 @@ def floating_input(x: Array, parts: Sequence[FlowTransform]) -> Array:
 
     Integer, bool and low-precision (bfloat16, float16) inputs are promoted (to float32, or float64 with x64 and
     float64 parameters), so that every pass, including an autoregressive flow's slow direction, which writes its
-    outputs into an array shaped like its input, computes in the parameters' precision.
+    outputs into an array shaped like its input, computes in the parameters' precision. The integer-valued buffers
+    (stored in at least float32) count only where there are no other parameters.
     """
     x = jnp.asarray(x)
-    dtypes = [leaf.dtype for t in parts for leaf in t.params.values() if jnp.issubdtype(leaf.dtype, jnp.floating)]
+    floating = [(k, leaf.dtype) for t in parts for k, leaf in t.params.items()
+                if jnp.issubdtype(leaf.dtype, jnp.floating)]
+    dtypes = [d for k, d in floating if not is_buffer(k)] or [d for _, d in floating]
     target = jnp.result_type(*dtypes) if dtypes else jnp.result_type(float)
     dtype = jnp.promote_types(x.dtype, target)
     return x if x.dtype == dtype else x.astype(dtype)
@@ -295,4 +326,5 @@ def from_config(config: dict, key: Array | None = None) -> FlowTransform:
         cls = TRANSFORMS[config["type"]]
     except KeyError:
         raise ValueError(f"unknown transform type {config.get('type')!r} in saved configuration") from None
-    return cls(**{k: revive_transformers(v) for k, v in config["kwargs"].items()}, key=key)
+    return cls(**{k: from_config(v, key) if k in cls.transform_args else revive_transformers(v)
+                  for k, v in config["kwargs"].items()}, key=key)

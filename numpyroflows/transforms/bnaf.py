@@ -8,10 +8,13 @@ between the packages by name.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._dtype import float_dtype, uniform
 from ..functional import bnaf as F_bnaf
 from ..nn.mlp import linear_init
 from .base import FlowTransform, default_key
@@ -45,6 +48,8 @@ class BlockNAFTransform(FlowTransform):
             (``y = x + f(x)``) or ``"gated"`` (``y = σ(g) x + (1 - σ(g)) f(x)``, one learnable ``g`` per dimension).
         orientation: ``"iaf"`` (network on the noise side) or ``"maf"`` (network on the data side).
         key: PRNG key of the initial parameters (``PRNGKey(0)`` if None).
+        dtype: floating type of the parameters (``None``: JAX's default; see "Precision" in
+            :mod:`numpyroflows.transforms.base`).
 
     Parameters: ``raw_weights.{l}`` ``(D·a_out, D·a_in)``, ``log_scales.{l}`` and ``biases.{l}`` ``(D·a_out,)`` for
     ``l = 0 … num_layers``, ``context_layer.weight`` ``(D·hidden_factor, context_dim)`` with a context, ``gate``
@@ -70,8 +75,10 @@ class BlockNAFTransform(FlowTransform):
         orientation: str = "iaf",
         *,
         key: Array | None = None,
+        dtype: Any = None,
     ) -> None:
         super().__init__(input_dim, context_dim)
+        dtype = float_dtype(dtype)
         if orientation not in ("maf", "iaf"):
             raise ValueError(f"orientation must be 'maf' (density-fast) or 'iaf' (sampling-fast), got {orientation!r}")
         self.orientation = orientation
@@ -95,15 +102,15 @@ class BlockNAFTransform(FlowTransform):
             rows = np.repeat(np.arange(dim), a_out)[:, None]
             cols = np.repeat(np.arange(dim), a_in)[None, :]
             bound = np.sqrt(6.0 / ((rows + 1) * a_in + a_out))
-            u = np.asarray(jax.random.uniform(keys[idx], (dim * a_out, dim * a_in), jnp.float32, -1.0, 1.0))
-            params[f"raw_weights.{idx}"] = jnp.asarray(np.where(cols <= rows, u * bound, 0.0), jnp.float32)
-            params[f"log_scales.{idx}"] = jnp.zeros(dim * a_out, jnp.float32)
-            params[f"biases.{idx}"] = jnp.zeros(dim * a_out, jnp.float32)
+            u = np.asarray(uniform(keys[idx], (dim * a_out, dim * a_in), jnp.float32, -1.0, 1.0))
+            params[f"raw_weights.{idx}"] = jnp.asarray(np.where(cols <= rows, u * bound, 0.0), dtype)
+            params[f"log_scales.{idx}"] = jnp.zeros(dim * a_out, dtype)
+            params[f"biases.{idx}"] = jnp.zeros(dim * a_out, dtype)
         if self.context_dim:
-            w, _ = linear_init(keys[-1], self.context_dim, dim * self.hidden_factor)
+            w, _ = linear_init(keys[-1], self.context_dim, dim * self.hidden_factor, dtype)
             params["context_layer.weight"] = w
         if residual == "gated":
-            params["gate"] = jnp.zeros(dim, jnp.float32)
+            params["gate"] = jnp.zeros(dim, dtype)
         self.params = params
 
     def _layers(self, params: dict) -> list[F_bnaf.Layer]:

@@ -12,6 +12,7 @@ conditioner MLP's (``"net.*"``). Masks, arguments and parameter names are those 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -74,6 +75,8 @@ class CouplingTransform(FlowTransform):
         output_init: half-width of the uniform start of the conditioner's output weights (its bias starts at the
             transformer's identity), or ``"fan_in"``; see :func:`~numpyroflows.nn.mlp.output_init_bound`.
         key: PRNG key of the initial parameters (``PRNGKey(0)`` if None).
+        dtype: floating type of the parameters (``None``: JAX's default; see "Precision" in
+            :mod:`numpyroflows.transforms.base`).
 
     Parameters: ``"net.*"`` (the conditioner MLP, :func:`~numpyroflows.nn.mlp.mlp_init`; its output is
     parameter-major, ``(P·|B|)``).
@@ -98,6 +101,7 @@ class CouplingTransform(FlowTransform):
         output_init: float | str = OUTPUT_INIT,
         *,
         key: Array | None = None,
+        dtype: Any = None,
     ) -> None:
         super().__init__(input_dim, context_dim)
         if int(input_dim) < 2:
@@ -114,7 +118,7 @@ class CouplingTransform(FlowTransform):
         p = self.transformer.num_params
         bias = jnp.repeat(jnp.asarray(self.transformer.identity_params()), self.num_b)  # parameter-major
         net = mlp_init(default_key(key), len(self.idx_a), self.num_b * p, self.hidden_dims, context_dim,
-                       output_bias=bias, output_init=output_init)
+                       output_bias=bias, dtype=dtype, output_init=output_init)
         self.params = {f"net.{k}": v for k, v in net.items()}
 
     def _couple(self, params: dict, v: Array, context: Array | None, density: bool) -> tuple[Array, Array]:

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from numpyro.distributions import constraints
 
 from .. import _checks
+from .._dtype import float_dtype
 from ..functional import linear as F_lin
 from ..nn.params import head_params, param_head_init
 from .base import FlowTransform, default_key
@@ -52,6 +55,8 @@ class ElementwiseTransform(FlowTransform):
         hidden_dims: hidden widths of the context network.
         count_bins, bound: spline options, passed to the transformer when it takes them.
         key: PRNG key of the context network (unused without a context).
+        dtype: floating type of the parameters (``None``: JAX's default; see "Precision" in
+            :mod:`numpyroflows.transforms.base`).
 
     Parameters: ``"head.params"`` (``(D, num_params)``), or ``"head.net.*"`` with a context.
 
@@ -70,13 +75,14 @@ class ElementwiseTransform(FlowTransform):
         bound: float = 5.0,
         *,
         key: Array | None = None,
+        dtype: Any = None,
     ) -> None:
         super().__init__(input_dim, context_dim)
         self.transformer = make_transformer(transformer, count_bins=count_bins, bound=bound)
         self.hidden_dims = tuple(int(h) for h in hidden_dims)
         p = self.transformer.num_params
-        init = jnp.broadcast_to(jnp.asarray(self.transformer.identity_params()), (self.input_dim, p))
-        head = param_head_init(default_key(key), {"params": init}, context_dim, self.hidden_dims)
+        init = np.broadcast_to(np.asarray(self.transformer.identity_params(), np.float64), (self.input_dim, p))
+        head = param_head_init(default_key(key), {"params": init}, context_dim, self.hidden_dims, float_dtype(dtype))
         self.params = {f"head.{k}": v for k, v in head.items()}
 
     def _theta(self, params: dict, context: Array | None) -> Array:
@@ -114,6 +120,8 @@ class LeakyReLU(FlowTransform):
         hidden_dims: hidden widths of the context network.
         init_slope: initial slope (> 1e-4).
         key: PRNG key of the context network (unused without a context).
+        dtype: floating type of the parameters (``None``: JAX's default; see "Precision" in
+            :mod:`numpyroflows.transforms.base`).
 
     Parameters: ``"head.raw_slope"`` (``(D,)``), or ``"head.net.*"`` with a context.
 
@@ -125,14 +133,14 @@ class LeakyReLU(FlowTransform):
     """
 
     def __init__(self, input_dim: int, context_dim: int = 0, hidden_dims: Sequence[int] = (64, 64),
-                 init_slope: float = 0.5, *, key: Array | None = None) -> None:
+                 init_slope: float = 0.5, *, key: Array | None = None, dtype: Any = None) -> None:
         super().__init__(input_dim, context_dim)
         if not float(init_slope) > MIN_SLOPE:
             raise ValueError(f"init_slope must be a positive number above {MIN_SLOPE}, got {init_slope}")
         self.hidden_dims = tuple(int(h) for h in hidden_dims)
         raw = math.log(math.expm1(float(init_slope) - MIN_SLOPE))
-        head = param_head_init(default_key(key), {"raw_slope": jnp.full((self.input_dim,), raw)}, context_dim,
-                               self.hidden_dims)
+        head = param_head_init(default_key(key), {"raw_slope": np.full((self.input_dim,), raw)}, context_dim,
+                               self.hidden_dims, float_dtype(dtype))
         self.params = {f"head.{k}": v for k, v in head.items()}
 
     def _slope(self, params: dict, context: Array | None) -> Array:
@@ -172,13 +180,15 @@ class Sigmoid(FlowTransform):
     ``y = σ(x)``, ``log|det| = Σ (-softplus(-x) - softplus(x))``; inverse ``x = logit(y)``. Outputs are clamped to
     the representable open interval so far inputs stay finite. The inverse rejects concrete values outside ``(0, 1)``
     with a ``ValueError`` naming the fix (skipped under ``jax.jit`` and with ``numpyroflows.set_validation(False)``,
-    where such values are clamped into the interval). No parameters, no context; ``key`` is accepted and unused.
+    where such values are clamped into the interval). No parameters, no context; ``key`` and ``dtype`` are accepted
+    (for a uniform constructor signature) and unused.
 
     Reference: Dinh et al. (2017), "Density estimation using Real NVP" (the logit transform of bounded data).
     """
 
-    def __init__(self, input_dim: int, *, key: Array | None = None) -> None:  # key: no parameters, accepted for API
-        super().__init__(input_dim, 0)
+    def __init__(self, input_dim: int, *, key: Array | None = None, dtype: Any = None) -> None:
+        super().__init__(input_dim, 0)  # no parameters: key and dtype are accepted for a uniform signature
+        float_dtype(dtype)
 
     @property
     def codomain(self):
@@ -199,11 +209,13 @@ class Tanh(FlowTransform):
 
     ``y = tanh(x)``, ``log|det| = Σ 2 (log 2 - x - softplus(-2x))`` (stable); inverse ``x = atanh(y)``. Outputs are
     clamped to the representable open interval so far inputs stay finite. The inverse rejects concrete values outside
-    ``(-1, 1)`` as :class:`Sigmoid`'s does. No parameters, no context; ``key`` is accepted and unused.
+    ``(-1, 1)`` as :class:`Sigmoid`'s does. No parameters, no context; ``key`` and ``dtype`` are accepted and
+    unused.
     """
 
-    def __init__(self, input_dim: int, *, key: Array | None = None) -> None:  # key: no parameters, accepted for API
-        super().__init__(input_dim, 0)
+    def __init__(self, input_dim: int, *, key: Array | None = None, dtype: Any = None) -> None:
+        super().__init__(input_dim, 0)  # no parameters: key and dtype are accepted for a uniform signature
+        float_dtype(dtype)
 
     @property
     def codomain(self):

@@ -10,10 +10,10 @@ Buffers. Three integer-valued arrays are configuration or state rather than trai
 ``"perm"``/``"inv_perm"`` (:class:`Permutation`, :class:`LULinear`) and ActNorm's flag ``"initialized"``. They are kept
 in ``params`` (pyroflows keeps them as persistent buffers in its ``state_dict``, under the same names), but stored as
 *floating-point* arrays holding integer values (so that ``jax.grad`` of a loss with respect to a whole flow works: JAX
-refuses integer leaves); their gradients are zero and the permutations are rounded back to integers where they are used.
-Imported integer arrays are converted on :meth:`~numpyroflows.transforms.FlowTransform.with_params`; pyroflows casts
-them back to ``long`` on import. Do not apply weight decay to them (optimizers with zero gradients leave them
-unchanged).
+refuses integer leaves), in the flow's dtype but at least float32; their gradients are zero and the permutations are
+rounded back to integers where they are used. Imported integer arrays are converted (to the type the buffer has) on
+:meth:`~numpyroflows.transforms.FlowTransform.with_params`; pyroflows casts them back to ``long`` on import. Do not
+apply weight decay to them (optimizers with zero gradients leave them unchanged).
 
 Random permutations are drawn from an integer ``seed`` (not a PRNG key), so they are the same on every machine and in
 both packages: ``torch.randperm`` with a CPU generator seeded with ``seed``, reproduced exactly in NumPy (the same
@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .._dtype import BUFFERS, buffer_dtype, float_dtype, normal
 from ..functional import affine as F_aff
 from ..functional import linear as F_lin
 from ..functional.affine import affine_scale
@@ -39,7 +40,7 @@ from .base import FlowTransform, default_key
 Array = jax.Array
 
 #: names of the buffers (integer-valued, stored as floats; see the module docstring)
-_BUFFERS = ("perm", "inv_perm", "initialized")
+_BUFFERS = BUFFERS
 
 
 def torch_randperm(n: int, seed: int) -> np.ndarray:
@@ -78,12 +79,20 @@ class _LinearBase(FlowTransform):
         new = super().with_params(params)
         for k in _BUFFERS:
             if k in new.params and not jnp.issubdtype(new.params[k].dtype, jnp.floating):
-                new.params[k] = jnp.asarray(new.params[k], dtype=jnp.result_type(float))
+                new.params[k] = jnp.asarray(new.params[k], dtype=self.params[k].dtype)
         return new
 
 
-def _head_params(key: Array | None, init: dict[str, Any], context_dim: int, hidden_dims: Sequence[int]) -> dict:
-    return {f"head.{k}": v for k, v in param_head_init(default_key(key), init, context_dim, hidden_dims).items()}
+def _head_params(key: Array | None, init: dict[str, Any], context_dim: int, hidden_dims: Sequence[int],
+                 dtype: Any) -> dict:
+    return {f"head.{k}": v for k, v in param_head_init(default_key(key), init, context_dim, hidden_dims,
+                                                       dtype).items()}
+
+
+def _buffers(perm: np.ndarray, dtype: Any) -> dict[str, Array]:
+    """The buffers ``perm`` and ``inv_perm`` of a permutation, in :func:`~numpyroflows._dtype.buffer_dtype`."""
+    return {"perm": jnp.asarray(perm, buffer_dtype(dtype)),
+            "inv_perm": jnp.asarray(np.argsort(perm), buffer_dtype(dtype))}
 
 
 def _affine_start(d: int, loc: Any, scale: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -123,6 +132,9 @@ class DiagonalAffine(_LinearBase):
         loc: starting shift, a number or ``D`` numbers (with a context: the network's output bias).
         scale: starting scale, a number or ``D`` numbers, each above the floor ``1e-3``.
         key: PRNG key of the context network (unused without a context).
+        dtype: floating type of the parameters (``None``: JAX's default); the start, computed in float64, is rounded
+            to it once, so a float64 affine starts exactly at ``loc`` and ``scale``. See "Precision" in
+            :mod:`numpyroflows.transforms.base`.
 
     Parameters: ``head.shift``, ``head.raw_scale`` (or ``head.net.*`` with a context), as in
     ``pyroflows.transforms.DiagonalAffine``.
@@ -136,15 +148,14 @@ class DiagonalAffine(_LinearBase):
 
     def __init__(self, input_dim: int, context_dim: int = 0, hidden_dims: Sequence[int] = (64, 64),
                  loc: float | Sequence[float] = 0.0, scale: float | Sequence[float] = 1.0, *,
-                 key: Array | None = None) -> None:
+                 key: Array | None = None, dtype: Any = None) -> None:
         super().__init__(input_dim, context_dim)
         self.hidden_dims = tuple(int(h) for h in hidden_dims)
         d = self.input_dim
         self._shape_items = (("shift", (d,)), ("raw_scale", (d,)))
-        shift, raw_scale = _affine_start(d, loc, scale)
-        dtype = jnp.result_type(float)  # float32, or float64 with jax_enable_x64
-        init = {"shift": jnp.asarray(shift, dtype), "raw_scale": jnp.asarray(raw_scale, dtype)}
-        self.params = _head_params(key, init, context_dim, self.hidden_dims)
+        shift, raw_scale = _affine_start(d, loc, scale)  # float64 NumPy, rounded once to dtype
+        self.params = _head_params(key, {"shift": shift, "raw_scale": raw_scale}, context_dim, self.hidden_dims,
+                                   float_dtype(dtype))
 
     def _forward_ld(self, params: dict, x: Array, context: Array | None) -> tuple[Array, Array]:
         p = self._head(params, context)
@@ -200,6 +211,8 @@ class LULinear(_LinearBase):
         permutation: ``None`` or ``"random"`` (default: drawn from ``seed``), ``"identity"``, or ``P`` itself as a
             list of ``0..D-1`` (row ``i`` of ``W`` is row ``permutation[i]`` of ``L U``).
         key: PRNG key of the context network (unused without a context).
+        dtype: floating type of the parameters (``None``: JAX's default; see "Precision" in
+            :mod:`numpyroflows.transforms.base`).
 
     Parameters: ``perm``, ``inv_perm`` (buffers, see the module docstring), ``head.shift``, ``head.packed``,
     ``head.raw_diag`` (or ``head.net.*``), as in ``pyroflows.transforms.LULinear``.
@@ -208,16 +221,16 @@ class LULinear(_LinearBase):
     """
 
     def __init__(self, input_dim: int, context_dim: int = 0, hidden_dims: Sequence[int] = (64, 64), seed: int = 0,
-                 permutation: Sequence[int] | str | None = None, *, key: Array | None = None) -> None:
+                 permutation: Sequence[int] | str | None = None, *, key: Array | None = None,
+                 dtype: Any = None) -> None:
         super().__init__(input_dim, context_dim)
-        d = self.input_dim
+        d, dtype = self.input_dim, float_dtype(dtype)
         self.hidden_dims, self.seed = tuple(int(h) for h in hidden_dims), int(seed)
         perm = _make_permutation(d, "random" if permutation is None else permutation, self.seed,
                                  ("random", "identity"), "LULinear's permutation")
         self._shape_items = (("shift", (d,)), ("packed", (d, d)), ("raw_diag", (d,)))
-        init = {"shift": jnp.zeros(d), "packed": jnp.zeros((d, d)), "raw_diag": jnp.zeros(d)}
-        self.params = {"perm": jnp.asarray(perm, jnp.float32), "inv_perm": jnp.asarray(np.argsort(perm), jnp.float32),
-                       **_head_params(key, init, context_dim, self.hidden_dims)}
+        init = {"shift": np.zeros(d), "packed": np.zeros((d, d)), "raw_diag": np.zeros(d)}
+        self.params = {**_buffers(perm, dtype), **_head_params(key, init, context_dim, self.hidden_dims, dtype)}
 
     def _factors(self, params: dict, context: Array | None):
         p = self._head(params, context)
@@ -253,6 +266,8 @@ class Permutation(_LinearBase):
             ``permutation`` is None.
         seed: seed of the random permutation.
         key: accepted for a uniform constructor signature, and unused.
+        dtype: floating type of the flow (``None``: JAX's default); the buffers are stored in it, but at least in
+            float32 (see "Precision" in :mod:`numpyroflows.transforms.base`).
 
     Parameters: the buffers ``perm`` and ``inv_perm`` only (floats holding integers, see the module docstring; no
     gradient).
@@ -267,13 +282,13 @@ class Permutation(_LinearBase):
     """
 
     def __init__(self, input_dim: int, permutation: Sequence[int] | None = None, kind: str = "reverse",
-                 seed: int = 0, *, key: Array | None = None) -> None:
+                 seed: int = 0, *, key: Array | None = None, dtype: Any = None) -> None:
         super().__init__(input_dim, 0)
         d = self.input_dim
         perm = _make_permutation(d, kind if permutation is None else permutation, seed, ("reverse", "random"),
                                  "Permutation's kind")
         self.perm = tuple(int(i) for i in perm)  # static copy, for display; the math uses params["perm"]
-        self.params = {"perm": jnp.asarray(perm, jnp.float32), "inv_perm": jnp.asarray(np.argsort(perm), jnp.float32)}
+        self.params = _buffers(perm, float_dtype(dtype))
 
     def _forward_ld(self, params: dict, x: Array, context: Array | None) -> tuple[Array, Array]:
         return x[..., _index(params["perm"])], jnp.zeros(x.shape[:-1], x.dtype)
@@ -288,16 +303,76 @@ class Permutation(_LinearBase):
 class ReversePermutation(Permutation):
     """Reverse the order of the coordinates: ``y = x[..., ::-1]`` (a :class:`Permutation`)."""
 
-    def __init__(self, input_dim: int, *, key: Array | None = None) -> None:
-        super().__init__(input_dim, None, "reverse")
+    def __init__(self, input_dim: int, *, key: Array | None = None, dtype: Any = None) -> None:
+        super().__init__(input_dim, None, "reverse", dtype=dtype)
 
 
 class RandomPermutation(Permutation):
     """A fixed random permutation of the coordinates drawn from the integer ``seed`` (a :class:`Permutation`); the
     same seed gives the same permutation on every machine, and in pyroflows."""
 
-    def __init__(self, input_dim: int, seed: int = 0, *, key: Array | None = None) -> None:
-        super().__init__(input_dim, None, "random", seed)
+    def __init__(self, input_dim: int, seed: int = 0, *, key: Array | None = None, dtype: Any = None) -> None:
+        super().__init__(input_dim, None, "random", seed, dtype=dtype)
+
+
+def _cholesky_values(d: int, loc: Any, scale_tril: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(loc, L)`` as float64 NumPy arrays after the checks of :class:`LowerCholeskyAffine`: shapes ``(d,)`` and
+    ``(d, d)``, finite, ``L`` lower triangular with a positive diagonal; a ``ValueError`` naming the fix otherwise."""
+    loc, tril = np.asarray(loc, np.float64), np.asarray(scale_tril, np.float64)
+    if loc.shape != (d,) or tril.shape != (d, d):
+        raise ValueError(f"LowerCholeskyAffine needs loc of shape ({d},) and scale_tril of shape ({d}, {d}) "
+                         f"(input_dim={d}), got {loc.shape} and {tril.shape}")
+    if not (np.isfinite(loc).all() and np.isfinite(tril).all()):
+        raise ValueError("LowerCholeskyAffine's loc and scale_tril must be finite")
+    if np.any(np.triu(tril, 1) != 0) or not np.all(np.diag(tril) > 0):
+        raise ValueError("LowerCholeskyAffine's scale_tril must be lower triangular with a positive diagonal (a "
+                         "Cholesky factor: numpy.linalg.cholesky(cov))")
+    return loc, tril
+
+
+class LowerCholeskyAffine(_LinearBase):
+    """A fixed affine map ``y = loc + L x`` with ``L`` lower triangular, positive diagonal; ``log|det| = Σ log L_ii``.
+
+    It carries ``N(0, I)`` to ``N(loc, L Lᵀ)``, and is not trained: its values are held in ``params`` (``"loc"``,
+    ``"scale_tril"``, the names of pyroflows' buffers) but enter the map through ``lax.stop_gradient``, so their
+    gradients are zero and an optimizer leaves them where they are. It starts at the identity; :meth:`with_values`
+    places it, e.g. at a Laplace approximation (mode, Cholesky factor of ``H⁻¹``) so that the layers before it work in
+    whitened coordinates (``AutoFlowGuide`` does this: a learning rate then means a step in units of the posterior's
+    scale). The inverse is one triangular solve. The same math as NumPyro's ``LowerCholeskyAffine`` transform.
+
+    Args:
+        input_dim: D.
+        key: accepted for a uniform constructor signature, and unused.
+        dtype: floating type of the values (``None``: JAX's default).
+
+    Example:
+        >>> t = LowerCholeskyAffine(2).with_values([1.0, 2.0], [[2.0, 0.0], [1.0, 0.5]])
+        >>> t(jnp.zeros((1, 2)))
+        Array([[1., 2.]], dtype=float32)
+    """
+
+    fixed_params = ("loc", "scale_tril")
+
+    def __init__(self, input_dim: int, *, key: Array | None = None, dtype: Any = None) -> None:
+        super().__init__(input_dim, 0)
+        d, dtype = self.input_dim, float_dtype(dtype)
+        self.params = {"loc": jnp.zeros(d, dtype), "scale_tril": jnp.eye(d, dtype=dtype)}
+
+    def with_values(self, loc: Any, scale_tril: Any) -> LowerCholeskyAffine:
+        """A copy at ``loc`` (``D`` numbers) and ``scale_tril`` (``D x D``, lower triangular, positive diagonal),
+        in this transform's dtype."""
+        loc, tril = _cholesky_values(self.input_dim, loc, scale_tril)
+        dtype = self.params["loc"].dtype
+        return self.with_params({"loc": jnp.asarray(loc, dtype), "scale_tril": jnp.asarray(tril, dtype)})
+
+    def _values(self, params: dict) -> tuple[Array, Array]:
+        return lax.stop_gradient(params["loc"]), lax.stop_gradient(params["scale_tril"])
+
+    def _forward_ld(self, params: dict, x: Array, context: Array | None) -> tuple[Array, Array]:
+        return F_lin.cholesky_affine_forward(x, *self._values(params))
+
+    def _inverse_ld(self, params: dict, y: Array, context: Array | None) -> tuple[Array, Array]:
+        return F_lin.cholesky_affine_inverse(y, *self._values(params))
 
 
 class Householder(_LinearBase):
@@ -312,6 +387,8 @@ class Householder(_LinearBase):
         hidden_dims: hidden widths of the context network.
         count: number of reflections K.
         key: PRNG key of the initial vectors and of the context network.
+        dtype: floating type of the parameters (``None``: JAX's default; see "Precision" in
+            :mod:`numpyroflows.transforms.base`).
 
     Parameters: ``head.vectors`` ``(count, D)`` (or ``head.net.*``), as in ``pyroflows.transforms.Householder``.
 
@@ -319,15 +396,16 @@ class Householder(_LinearBase):
     """
 
     def __init__(self, input_dim: int, context_dim: int = 0, hidden_dims: Sequence[int] = (64, 64), count: int = 2,
-                 *, key: Array | None = None) -> None:
+                 *, key: Array | None = None, dtype: Any = None) -> None:
         super().__init__(input_dim, context_dim)
+        dtype = float_dtype(dtype)
         if int(count) < 1:
             raise ValueError(f"count must be a positive number of reflections, got {count}")
         self.count, self.hidden_dims = int(count), tuple(int(h) for h in hidden_dims)
         k_vec, k_net = jax.random.split(default_key(key))
         self._shape_items = (("vectors", (self.count, self.input_dim)),)
-        init = {"vectors": jax.random.normal(k_vec, (self.count, self.input_dim))}
-        self.params = _head_params(k_net, init, context_dim, self.hidden_dims)
+        init = {"vectors": normal(k_vec, (self.count, self.input_dim), dtype)}
+        self.params = _head_params(k_net, init, context_dim, self.hidden_dims, dtype)
 
     def _forward_ld(self, params: dict, x: Array, context: Array | None) -> tuple[Array, Array]:
         return F_lin.householder_forward(x, self._head(params, context)["vectors"])
@@ -344,6 +422,8 @@ class ActNorm(_LinearBase):
         context_dim: size of the context (0: free parameters).
         hidden_dims: hidden widths of the context network.
         key: PRNG key of the context network (unused without a context).
+        dtype: floating type of the parameters (``None``: JAX's default; the flag is stored in it but at least in
+            float32, see "Precision" in :mod:`numpyroflows.transforms.base`).
 
     Parameters: ``head.loc``, ``head.log_scale`` (or ``head.net.*``) and the flag ``initialized`` (0/1, stored as a
     float; see the module docstring). The names are those of ``pyroflows.transforms.ActNorm``, so an initialised
@@ -359,14 +439,14 @@ class ActNorm(_LinearBase):
     """
 
     def __init__(self, input_dim: int, context_dim: int = 0, hidden_dims: Sequence[int] = (64, 64), *,
-                 key: Array | None = None) -> None:
+                 key: Array | None = None, dtype: Any = None) -> None:
         super().__init__(input_dim, context_dim)
         self.hidden_dims = tuple(int(h) for h in hidden_dims)
-        d = self.input_dim
+        d, dtype = self.input_dim, float_dtype(dtype)
         self._shape_items = (("loc", (d,)), ("log_scale", (d,)))
-        self.params = {"initialized": jnp.zeros((), jnp.float32),
-                       **_head_params(key, {"loc": jnp.zeros(d), "log_scale": jnp.zeros(d)}, context_dim,
-                                      self.hidden_dims)}
+        self.params = {"initialized": jnp.zeros((), buffer_dtype(dtype)),
+                       **_head_params(key, {"loc": np.zeros(d), "log_scale": np.zeros(d)}, context_dim,
+                                      self.hidden_dims, dtype)}
 
     def _bias_name(self) -> str:
         """Name of the context network's output bias (which holds ``[loc, log_scale]``)."""

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 
+from .._dtype import float_dtype, uniform
 from ..functional.planar import IDENTITY_WTU, planar_constrain, planar_forward, planar_inverse
 from ..nn.params import head_params, param_head_init
 from .base import FlowTransform, default_key
@@ -39,6 +41,8 @@ class PlanarTransform(FlowTransform):
         context_dim: size of the context (0: free parameters).
         hidden_dims: hidden widths of the context network.
         key: PRNG key of the initial values and of the context network.
+        dtype: floating type of the parameters (``None``: JAX's default; see "Precision" in
+            :mod:`numpyroflows.transforms.base`).
 
     Parameters: ``"head.u"`` ``(D,)``, ``"head.w"`` ``(D,)``, ``"head.b"`` ``()``, or ``"head.net.*"``.
 
@@ -51,20 +55,20 @@ class PlanarTransform(FlowTransform):
     """
 
     def __init__(self, input_dim: int, context_dim: int = 0, hidden_dims: Sequence[int] = (64, 64), *,
-                 key: Array | None = None) -> None:
+                 key: Array | None = None, dtype: Any = None) -> None:
         super().__init__(input_dim, context_dim)
         self.hidden_dims = tuple(int(h) for h in hidden_dims)
-        d = self.input_dim
+        d, dtype = self.input_dim, float_dtype(dtype)
         bound = 1.0 / math.sqrt(d)
         _, k_w, k_b, k_net = jax.random.split(default_key(key), 4)
-        w = jax.random.uniform(k_w, (d,), minval=-bound, maxval=bound)
+        w = uniform(k_w, (d,), dtype, -bound, bound)
         init = {
             "u": IDENTITY_WTU * w / (w @ w),  # u along w with wᵀu = softplus⁻¹(1): wᵀû = 0 and û = 0, the identity
             "w": w,
-            "b": jax.random.uniform(k_b, (), minval=-bound, maxval=bound),
+            "b": uniform(k_b, (), dtype, -bound, bound),
         }
         self.shapes = (("u", (d,)), ("w", (d,)), ("b", ()))
-        head = param_head_init(k_net, init, self.context_dim, self.hidden_dims)
+        head = param_head_init(k_net, init, self.context_dim, self.hidden_dims, dtype)
         self.params = {f"head.{k}": v for k, v in head.items()}
 
     def _params(self, params: dict, context: Array | None) -> tuple[Array, Array, Array]:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 
+from .._dtype import float_dtype, uniform
 from ..functional.radial import radial_forward, radial_inverse
 from ..nn.params import head_params, param_head_init
 from .base import FlowTransform, default_key
@@ -34,6 +36,8 @@ class RadialTransform(FlowTransform):
         context_dim: size of the context (0: free parameters).
         hidden_dims: hidden widths of the context network.
         key: PRNG key of the initial values (each uniform in ``±1/√D``) and of the context network.
+        dtype: floating type of the parameters (``None``: JAX's default; see "Precision" in
+            :mod:`numpyroflows.transforms.base`).
 
     Parameters: ``"head.x0"`` ``(D,)``, ``"head.raw_alpha"`` ``()``, ``"head.raw_beta"`` ``()``, or ``"head.net.*"``.
 
@@ -46,19 +50,19 @@ class RadialTransform(FlowTransform):
     """
 
     def __init__(self, input_dim: int, context_dim: int = 0, hidden_dims: Sequence[int] = (64, 64), *,
-                 key: Array | None = None) -> None:
+                 key: Array | None = None, dtype: Any = None) -> None:
         super().__init__(input_dim, context_dim)
         self.hidden_dims = tuple(int(h) for h in hidden_dims)
-        d = self.input_dim
+        d, dtype = self.input_dim, float_dtype(dtype)
         bound = 1.0 / math.sqrt(d)
         k_x0, k_a, k_b, k_net = jax.random.split(default_key(key), 4)
         init = {
-            "x0": jax.random.uniform(k_x0, (d,), minval=-bound, maxval=bound),
-            "raw_alpha": jax.random.uniform(k_a, (), minval=-bound, maxval=bound),
-            "raw_beta": jax.random.uniform(k_b, (), minval=-bound, maxval=bound),
+            "x0": uniform(k_x0, (d,), dtype, -bound, bound),
+            "raw_alpha": uniform(k_a, (), dtype, -bound, bound),
+            "raw_beta": uniform(k_b, (), dtype, -bound, bound),
         }
         self.shapes = (("x0", (d,)), ("raw_alpha", ()), ("raw_beta", ()))
-        head = param_head_init(k_net, init, self.context_dim, self.hidden_dims)
+        head = param_head_init(k_net, init, self.context_dim, self.hidden_dims, dtype)
         self.params = {f"head.{k}": v for k, v in head.items()}
 
     def _params(self, params: dict, context: Array | None) -> tuple[Array, Array, Array]:

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
 
+from .._dtype import float_dtype, normal
+from .._dtype import uniform as _uniform
 from ..functional.sylvester import (
     householder_product,
     orthonormal_columns,
@@ -60,6 +63,8 @@ class SylvesterTransform(FlowTransform):
         q_type: ``"householder"`` or ``"orthogonal"``.
         num_householder: number of Householder reflections (default D; ``"householder"`` only).
         key: PRNG key of the initial values and of the context network.
+        dtype: floating type of the parameters (``None``: JAX's default; see "Precision" in
+            :mod:`numpyroflows.transforms.base`).
 
     Parameters: ``head.householder`` ``(K, D)`` or ``head.q_raw`` ``(D, M)``, ``head.r_diag``, ``head.r_tilde_diag``
     and ``head.b`` ``(M,)``, ``head.r_upper``, ``head.r_tilde_upper`` ``(M(M-1)/2,)`` (when ``M > 1``), or
@@ -84,9 +89,10 @@ class SylvesterTransform(FlowTransform):
         num_householder: int | None = None,
         *,
         key: Array | None = None,
+        dtype: Any = None,
     ) -> None:
         super().__init__(input_dim, context_dim)
-        d = self.input_dim
+        d, dtype = self.input_dim, float_dtype(dtype)
         if q_type not in Q_TYPES:
             raise ValueError(f"unknown q_type {q_type!r}; choose one of {Q_TYPES}")
         m = d if num_ortho is None else int(num_ortho)
@@ -105,13 +111,13 @@ class SylvesterTransform(FlowTransform):
         keys = iter(jax.random.split(default_key(key), 8))
 
         def uniform(shape: tuple[int, ...]) -> Array:
-            return jax.random.uniform(next(keys), shape, minval=-bound, maxval=bound)
+            return _uniform(next(keys), shape, dtype, -bound, bound)
 
         init: dict[str, Array] = {}
         if q_type == "householder":
-            init["householder"] = jax.random.normal(next(keys), (k, d))
+            init["householder"] = normal(next(keys), (k, d), dtype)
         else:
-            init["q_raw"] = jax.random.normal(next(keys), (d, m)) / math.sqrt(d)
+            init["q_raw"] = normal(next(keys), (d, m), dtype) / math.sqrt(d)
         init["r_diag"] = uniform((m,))
         init["r_tilde_diag"] = uniform((m,))
         if m > 1:
@@ -120,7 +126,7 @@ class SylvesterTransform(FlowTransform):
             init["r_tilde_upper"] = uniform((n_up,))
         init["b"] = uniform((m,))
         self.shapes = tuple((name, tuple(v.shape)) for name, v in init.items())
-        head = param_head_init(next(keys), init, self.context_dim, self.hidden_dims)
+        head = param_head_init(next(keys), init, self.context_dim, self.hidden_dims, dtype)
         self.params = {f"head.{n}": v for n, v in head.items()}
 
     def _params(self, params: dict, context: Array | None) -> tuple[Array, Array, Array, Array]:

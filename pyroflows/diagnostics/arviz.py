@@ -126,8 +126,9 @@ def _site_table(model_tr) -> dict[str, Site]:
     return sites
 
 
-def _max_plate_nesting(guide_tr, model_tr) -> int:
-    dims = [f.dim for tr in (guide_tr, model_tr) for site in prune_subsample_sites(tr).nodes.values()
+def _max_plate_nesting(*traces) -> int:
+    """How many batch dims the plates of the traces use (the draws plate goes left of them)."""
+    dims = [f.dim for tr in traces for site in prune_subsample_sites(tr).nodes.values()
             if site["type"] == "sample" for f in site["cond_indep_stack"] if f.dim is not None]
     return -min(dims) if dims else 0
 

@@ -14,6 +14,7 @@ from torch.distributions import constraints
 
 from .._checks import check_context, check_input, in_dtype
 from ..transforms.base import FlowChain, FlowTransform, chain_forward, chain_inverse, record_init_arguments
+from .bases import TrainableBase
 
 Tensor = torch.Tensor
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -27,8 +28,12 @@ class Flow(nn.Module):
 
     Args:
         transforms: the bijections, applied to the base noise in order (``T = T_n ∘ … ∘ T_1``).
-        base: ``None`` for a standard normal on ``R^input_dim`` (it follows the module's device and dtype), or a
-            fixed ``torch.distributions.Distribution`` with ``event_shape == (input_dim,)``.
+        base: ``None`` for a standard normal on ``R^input_dim`` (it follows the module's device and dtype), a
+            fixed ``torch.distributions.Distribution`` with ``event_shape == (input_dim,)``, or a trainable base: an
+            ``nn.Module`` whose ``forward()`` returns such a distribution (e.g.
+            :class:`~pyroflows.flows.DiagonalNormal`), then a submodule whose parameters are the flow's (trained by
+            ``fit``, registered by ``pyro.module``, in the ``state_dict`` under ``base.``). A flow is saved with its
+            base when the base is a :class:`~pyroflows.flows.TrainableBase`.
 
     Example:
         >>> flow = Flow([AutoregressiveTransform(2, "spline"), ReversePermutation(2), AutoregressiveTransform(2)])
@@ -43,7 +48,8 @@ class Flow(nn.Module):
             RECIPES[cls.__name__] = cls
         record_init_arguments(cls)
 
-    def __init__(self, transforms: Sequence[FlowTransform], base: torch.distributions.Distribution | None = None):
+    def __init__(self, transforms: Sequence[FlowTransform],
+                 base: torch.distributions.Distribution | nn.Module | None = None):
         super().__init__()
         transforms = list(transforms)
         if not transforms:
@@ -63,8 +69,7 @@ class Flow(nn.Module):
         self.input_dim = dims.pop()
         self.context_dim = ctx.pop() if ctx else 0
         self.transforms = nn.ModuleList(transforms)
-        if base is not None and tuple(base.event_shape) != (self.input_dim,):
-            raise ValueError(f"base must have event_shape ({self.input_dim},), got {tuple(base.event_shape)}")
+        _check_base(base, self.input_dim)
         self.base = base
         self.register_buffer("_ref", torch.zeros(()), persistent=False)  # tracks device and dtype
 
@@ -114,21 +119,62 @@ class Flow(nn.Module):
 
     def config(self) -> dict:
         """JSON-able configuration from which :func:`pyroflows.load` rebuilds the flow."""
-        if self.base is not None:
-            raise ValueError("a flow with a custom base distribution cannot be saved; save its transforms instead")
+        base = _base_config(self.base)
         if "_flow_config" in self.__dict__:
-            return self.__dict__["_flow_config"]
-        return {"type": "Flow", "transforms": [t.config() for t in self.transforms]}
+            config = self.__dict__["_flow_config"]
+        else:
+            config = {"type": "Flow", "transforms": [t.config() for t in self.transforms]}
+        return config if base is None else {**config, "base": base}
 
     def extra_repr(self) -> str:
         return f"input_dim={self.input_dim}, context_dim={self.context_dim}"
 
 
+def _check_base(base: Any, input_dim: int) -> None:
+    """A ``TypeError``/``ValueError`` naming the fix for a base that is neither a distribution nor a module returning
+    one, or whose event shape is not ``(input_dim,)``."""
+    if base is None:
+        return
+    fix = f"(e.g. pyroflows.flows.DiagonalNormal({input_dim}))"
+    try:
+        dist = base() if isinstance(base, nn.Module) else base
+    except TypeError as err:  # a module whose forward() needs arguments
+        raise TypeError(f"base must be a torch Distribution or an nn.Module whose forward() returns one {fix}; "
+                        f"calling {type(base).__name__}() failed: {err}") from err
+    if not isinstance(dist, torch.distributions.Distribution):
+        raise TypeError(f"base must be a torch Distribution or an nn.Module whose forward() returns one {fix}, got "
+                        f"{type(dist).__name__}")
+    if tuple(dist.event_shape) != (input_dim,):
+        raise ValueError(f"base must have event_shape ({input_dim},), got {tuple(dist.event_shape)}")
+
+
+def _base_config(base: Any) -> dict | None:
+    """The saved configuration of a flow's base (``None`` for the standard normal); a ``ValueError`` naming the fix
+    for a base that cannot be saved."""
+    if base is None:
+        return None
+    if isinstance(base, TrainableBase):
+        return base.config()
+    raise ValueError(
+        f"a flow with a custom base distribution ({type(base).__name__}) cannot be saved: only the standard normal "
+        "and trainable bases (pyroflows.flows.TrainableBase subclasses, e.g. DiagonalNormal(input_dim, loc, scale)) "
+        "are saved with their flow. Use one of those (a DiagonalNormal whose parameters you set, or your own "
+        "TrainableBase subclass), or save the transforms and rebuild the flow around your base after loading")
+
+
+def base_distribution(flow: Flow) -> torch.distributions.Distribution | None:
+    """``flow``'s base as a distribution: the fixed one, what a trainable base's ``forward()`` returns, or ``None``
+    for the standard normal."""
+    base = flow.base
+    return base() if isinstance(base, nn.Module) else base
+
+
 def base_log_prob(flow: Flow, z: Tensor) -> Tensor:
-    """Log-density of ``flow``'s base at ``z``: ``flow.base`` when set, else the standard normal, summed over the
-    last axis."""
-    if flow.base is not None:
-        return flow.base.log_prob(z)
+    """Log-density of ``flow``'s base at ``z``: ``flow.base`` when set (a trainable one through its ``forward()``),
+    else the standard normal, summed over the last axis."""
+    base = base_distribution(flow)
+    if base is not None:
+        return base.log_prob(z)
     return -0.5 * (z * z).sum(-1) - flow.input_dim * _HALF_LOG_2PI
 
 
@@ -170,8 +216,9 @@ class FlowDistribution(TorchDistribution):
 
     # ----------------------------------------------------------------------------------------------- base density
     def _base_sample(self, shape: torch.Size) -> Tensor:
-        if self.flow.base is not None:
-            return self.flow.base.rsample(shape)
+        base = base_distribution(self.flow)
+        if base is not None:
+            return base.rsample(shape)
         ref = self.flow._ref
         return torch.randn(shape + self.event_shape, device=ref.device, dtype=ref.dtype)
 

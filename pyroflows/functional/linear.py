@@ -81,6 +81,25 @@ def lu_inverse(
 # --------------------------------------------------------------------------------------------------- Householder
 
 
+def cholesky_affine_forward(x: Tensor, loc: Tensor, scale_tril: Tensor) -> tuple[Tensor, Tensor]:
+    """``y = loc + L x`` for a lower-triangular ``L`` with positive diagonal; ``log|det| = Σ log diag(L)``.
+
+    The map from ``N(0, I)`` to ``N(loc, L Lᵀ)`` (``L`` a Cholesky factor of the covariance).
+
+    Args:
+        x: ``(..., D)``; loc: ``(D,)``; scale_tril: ``(D, D)``, lower triangular (the upper part is ignored).
+    """
+    y = loc + x @ torch.tril(scale_tril).mT
+    return y, torch.broadcast_to(torch.log(torch.diagonal(scale_tril)).sum(-1), y.shape[:-1])
+
+
+def cholesky_affine_inverse(y: Tensor, loc: Tensor, scale_tril: Tensor) -> tuple[Tensor, Tensor]:
+    """``x = L⁻¹ (y - loc)`` by one triangular solve; ``log|det| = -Σ log diag(L)``."""
+    rows = (y - loc).reshape(-1, y.shape[-1]).mT
+    x = torch.linalg.solve_triangular(torch.tril(scale_tril), rows, upper=False).mT.reshape(y.shape)
+    return x, torch.broadcast_to(-torch.log(torch.diagonal(scale_tril)).sum(-1), y.shape[:-1])
+
+
 def _reflect(x: Tensor, v: Tensor) -> Tensor:
     norm2 = (v * v).sum(-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
     return x - (2.0 * (x * v).sum(-1, keepdim=True) / norm2) * v

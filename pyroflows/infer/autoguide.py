@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -23,12 +24,13 @@ from flowcommon import guide as common
 from flowcommon.guide import WarmStart
 
 from ..flows import recipes
-from ..flows.core import Flow, FlowDistribution
-from ..functional.affine import MIN_SCALE, affine_scale_inverse
+from ..flows.core import Flow, FlowDistribution, base_distribution
+from ..functional.affine import MIN_SCALE
 from ..nn.made import MADE
 from ..nn.mlp import MLP
 from ..transforms.base import FlowChain, FlowTransform, chain_forward
-from ..transforms.linear import DiagonalAffine, LULinear
+from ..transforms.linear import DiagonalAffine, LowerCholeskyAffine
+from .posterior import PosteriorDraws
 from .warm_start import base_draws, find_mode, float64_density, start_elbo
 
 Tensor = torch.Tensor
@@ -36,7 +38,6 @@ Tensor = torch.Tensor
 #: name -> (recipe, fixed keyword arguments): the guide's named flows (:data:`flowcommon.guide.FLOW_RECIPES`).
 FLOWS: dict[str, tuple[type[Flow], dict[str, Any]]] = common.flow_table(recipes)
 _SET_BY_GUIDE = ("input_dim", "context_dim")
-_recipe_arguments = common.recipe_arguments  # (FlowEncoder imports it from here)
 
 
 def _check_sites(trace: Any) -> None:
@@ -64,42 +65,33 @@ def _zero_conditioners(layers: Sequence[torch.nn.Module]) -> None:
                 net.zero_output_()
 
 
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    """Build modules whose constructors take values in ``dtype`` (they store them in the default dtype)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
 @torch.no_grad()
-def _final_layers(layers: list, z: Tensor, standard_base: bool, init_loc: Tensor, init_scale: float,
-                  factor: Any = None) -> list[FlowTransform]:
-    """The layers after ``layers`` that give the draws of ``u`` mean ``init_loc`` and sd ``init_scale`` per coordinate
-    (``[DiagonalAffine]``), or mean ``init_loc`` and covariance ``C Cᵀ`` for a lower-triangular ``factor = C``
-    (``[LULinear, DiagonalAffine]``, see :func:`flowcommon.guide.lu_placement`).
+def _final_layers(layers: list, z: Tensor, standard_base: bool, loc: Tensor, init_scale: float, whiten: bool,
+                  factor: Tensor | None = None) -> list[FlowTransform]:
+    """The layers after ``layers``: ``[DiagonalAffine]``, then ``LowerCholeskyAffine`` where ``whiten``.
+
+    Without ``factor`` the draws of ``u`` get mean ``loc`` and sd ``init_scale`` per coordinate (the affine map in
+    the units of ``u``; the fixed layer, if any, is the identity). With a lower-triangular ``factor = C`` (a Laplace
+    start) the affine map standardizes ``T(z)`` to mean 0 and sd 1 and the fixed layer maps it to ``loc + C x``: the
+    draws have mean ``loc`` and covariance ``C Cᵀ`` for ``T`` at the identity, and the trained layers act in
+    coordinates whitened by the Laplace approximation.
 
     ``T(z)`` is measured on the base draws ``z`` (antithetic ``±z`` for the standard normal base, whose own sd is
-    divided out, so that a flow at the identity gives exactly ``shift = init_loc``, ``scale = init_scale``)."""
+    divided out, so that a flow at the identity gives exactly ``shift = loc``, ``scale = init_scale``)."""
     x, _ = chain_forward(layers, z, None)
     mean, sd = x.mean(0), x.std(0) / (z.std(0) if standard_base else 1.0)
     if not (torch.isfinite(mean).all() and torch.isfinite(sd).all() and (sd > 0).all()):
         raise ValueError("the flow's draws at initialisation are not finite or are constant in some coordinate; "
                          "check the flow (a callable `flow` must return an invertible flow)")
-    d = init_loc.shape[0]
-    with _default_dtype(init_loc.dtype):
-        if factor is None:
-            scale = init_scale / sd
-            return [DiagonalAffine(d, loc=init_loc - scale * mean, scale=scale.clamp_min(MIN_SCALE + 1e-6))]
-        packed, diag, shift, outer = common.lu_placement(factor, mean.cpu().numpy(), sd.cpu().numpy(), MIN_SCALE)
-        lu = LULinear(d, permutation="identity").to(init_loc)
-        for name, value in (("packed", packed), ("raw_diag", affine_scale_inverse(torch.as_tensor(diag))),
-                            ("shift", shift)):
-            lu.head.set_value(name, torch.as_tensor(value).to(init_loc))
-        return [lu, DiagonalAffine(d, loc=init_loc, scale=outer)]
+    d, dtype = loc.shape[0], loc.dtype  # the affine's start, computed in float64, is exact in dtype
+    target_loc, target_scale = (loc, init_scale) if factor is None else (torch.zeros_like(loc), 1.0)
+    scale = target_scale / sd
+    final: list[FlowTransform] = [DiagonalAffine(d, loc=target_loc - scale * mean,
+                                                 scale=scale.clamp_min(MIN_SCALE + 1e-6), dtype=dtype)]
+    if whiten:
+        fixed = LowerCholeskyAffine(d, dtype=dtype).to(loc.device)
+        final.append(fixed if factor is None else fixed.with_values(loc, factor))
+    return final
 
 
 def _adopt_store_values(name: str, flow: Flow) -> None:
@@ -117,29 +109,62 @@ def _adopt_store_values(name: str, flow: Flow) -> None:
     pyro.module(name, flow, update_module_params=True)
 
 
-class AutoFlowGuide(AutoContinuous):
+class _Scorer(torch.nn.Module):
+    """``x -> log q(x)`` of a flow, by its exact inverse pass (a module, so that ``functional_call`` can run it with
+    other parameter values)."""
+
+    def __init__(self, flow: Flow) -> None:
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.flow().log_prob(x)
+
+
+class PathFlowDistribution(FlowDistribution):
+    """A :class:`FlowDistribution` whose ``log_prob`` holds the flow's parameters fixed: ``log q_θ̄(x)``, with ``θ̄``
+    the current values without gradient, differentiable in ``x`` only (by the exact inverse pass).
+
+    Scoring a reparameterized draw ``x = T_θ(z)`` this way gives the path gradient of the ELBO ("sticking the
+    landing", Roeder et al. 2017; for normalizing flows, Vaitl et al. 2022, "Gradients should stay on path"): the
+    score term ``∇_θ log q_θ(x)`` at fixed ``x``, whose expectation is zero, is dropped, so the gradient's variance
+    vanishes where ``q`` equals the posterior. The value of ``log_prob`` is unchanged."""
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        fixed = {f"flow.{k}": v.detach() for k, v in self.flow.named_parameters()}
+        return torch.func.functional_call(_Scorer(self.flow), fixed, (value,))
+
+
+class AutoFlowGuide(PosteriorDraws, AutoContinuous):
     """A Pyro autoguide whose posterior over the unconstrained latent vector is a normalizing flow.
 
     All continuous latent sites are mapped to unconstrained space with ``biject_to(support).inv`` and concatenated
     into ``u ∈ R^D`` (the log-Jacobian of each constraint enters exactly, as in every ``AutoContinuous`` guide). The
-    posterior over ``u`` is ``u = loc + scale ⊙ T(z)``, ``z ~ N(0, I_D)``, where ``T`` is the chosen flow and the last
-    layer is a learnable :class:`~pyroflows.transforms.linear.DiagonalAffine`; the whole chain is one
-    :class:`~pyroflows.flows.Flow`, so scoring the guide's own sample costs no inverse pass. ``loc`` and ``scale`` start
-    so that the draws of ``u`` have mean ``init_loc`` (from ``init_loc_fn``) and standard deviation ``init_scale`` per
-    coordinate; for the recipes that start at the identity (all but bnaf, radial, sylvester) this is
-    ``loc = init_loc``, ``scale = init_scale``, i.e. the guide starts as ``AutoNormal`` does. Its parameters are the
-    param store's, by name (``AutoFlowGuide.flow$$$<name>``): a store loaded from a checkpoint resumes a new guide.
+    posterior over ``u`` is ``u = m + C (a + s ⊙ T(z))``, ``z ~ N(0, I_D)``: ``T`` is the chosen flow, ``(a, s)`` a
+    learnable :class:`~pyroflows.transforms.linear.DiagonalAffine`, and ``(m, C)`` a fixed
+    :class:`~pyroflows.transforms.linear.LowerCholeskyAffine` (present when ``D <= laplace_max_dim``). The whole chain
+    is one :class:`~pyroflows.flows.Flow`, so scoring the guide's own sample costs no inverse pass. Its parameters are
+    the param store's, by name (``AutoFlowGuide.flow$$$<name>``): a store loaded from a checkpoint resumes a new guide
+    of the same settings (the fixed layer is recomputed by the warm start, which is deterministic).
+
+    Start (``warm_start="auto"``, the default): on the guide's first call (the first ``svi.step``, also under
+    ``JitTrace_ELBO``) L-BFGS finds the mode of ``log p(u)`` from the ``init_loc_fn`` point, and the guide starts at
+    the Laplace approximation ``N(mode, H⁻¹)``: ``m`` the mode, ``C`` the Cholesky factor of ``H⁻¹``, the flow and
+    the affine map at the identity. The trained layers then act in coordinates whitened by the Laplace approximation,
+    so a learning rate means a step in units of the posterior's own scale on every model (an Adam step of 5e-3 moves
+    a location by 0.005 posterior sds, not by 5e-3 whatever its sd), and SVI starts where ``AutoLaplaceApproximation``
+    ends. Where ``D > laplace_max_dim`` the start is the mode (``"map"``). Where the search finds no clean mode (a
+    funnel), or the Hessian is not positive definite, the warm start falls back (to the mode, or to the default start
+    below) with a warning; see :meth:`warm_start`. ``warm_start=None`` skips the search: the draws of ``u`` start with
+    mean ``init_loc`` and sd ``init_scale`` per coordinate, ``C = I``, and ``(a, s)`` in the units of ``u`` (for the
+    recipes that start at the identity, all but bnaf, radial and sylvester, ``a = init_loc``, ``s = init_scale``: the
+    start of ``AutoNormal``).
 
     Choosing the flow: affine ``"iaf"`` (the default) samples and scores in one pass per layer and can make the scale
     of one coordinate depend on others, which funnel-shaped posteriors need. The spline flows (``"spline_iaf"``,
     ``"nsf"``, ``"spline_coupling"``) map ``[-bound, bound]`` onto itself (identity outside), so they reshape
     marginals but cannot stretch a coordinate by a factor that depends on another one (compared on Neal's funnel in
     ``benchmarks/guide_choice_pyro.py``). ``"maf"`` and ``"nsf"`` sample in ``D`` passes per layer.
-
-    Warm start: on posteriors that are far from ``init_loc`` and badly conditioned SVI spends thousands of steps
-    travelling. :meth:`warm_start` first maximises ``log p(u)`` with L-BFGS and places the guide at the mode
-    (``"map"``) or at the Laplace approximation ``N(mode, H⁻¹)`` (``"laplace"``, which inserts a full-rank
-    ``LULinear`` layer before the final affine map), then SVI refines it.
 
     Args:
         model: a Pyro model with static structure and continuous latent sites.
@@ -151,15 +176,19 @@ class AutoFlowGuide(AutoContinuous):
         init_loc_fn: per-site initialisation (``pyro.infer.autoguide.initialization``), e.g. ``init_to_value``.
         init_scale: initial standard deviation of each unconstrained coordinate (> 1e-3).
         create_plates: as in Pyro's ``AutoGuide``.
-        warm_start: ``None`` (default), ``"map"`` or ``"laplace"``: run :meth:`warm_start` with this method when the
-            guide is built on its first call, e.g. inside the first ``svi.step`` (``Trace_ELBO``, ``JitTrace_ELBO``).
+        warm_start: ``"auto"`` (default), ``"laplace"``, ``"map"`` or ``None``: run :meth:`warm_start` with this
+            method when the guide is built on its first call, e.g. inside the first ``svi.step`` (``Trace_ELBO``,
+            ``JitTrace_ELBO``); ``None``: start at ``N(init_loc, init_scale²)`` without a search.
+        stick_the_landing: score the guide's own draws with its parameters held fixed (:class:`PathFlowDistribution`),
+            so that ``Trace_ELBO`` computes the path gradient, whose variance vanishes as the guide approaches the
+            posterior; the price is the flow's inverse pass in every step (``D`` network passes per autoregressive
+            layer of an IAF).
         **flow_kwargs: further arguments of the recipe (``count_bins``, ``bound``, ``hidden_factor``, ...).
 
     Example:
         >>> guide = AutoFlowGuide(model, "spline_iaf", num_transforms=2, count_bins=8)
-        >>> svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
-        >>> guide.warm_start(data, method="laplace")   # optional: start SVI at the Laplace approximation
-        >>> for _ in range(1000): svi.step(data)
+        >>> svi = SVI(model, guide, pyro.optim.ClippedAdam({"lr": 5e-3}), Trace_ELBO())
+        >>> result = pyroflows.run_svi(svi, data, num_steps=5000)   # starts at the Laplace approximation
         >>> guide.quantiles([0.05, 0.5, 0.95]); Predictive(model, guide=guide, num_samples=100)(data)
         >>> nuts = NUTS(poutine.reparam(model, config=lambda _: NeuTraReparam(guide)))   # NeuTra HMC
 
@@ -171,13 +200,14 @@ class AutoFlowGuide(AutoContinuous):
     #: Number of draws behind :meth:`median` and :meth:`quantiles` (fixed seed, so repeated calls agree).
     num_quantile_samples: int = common.NUM_QUANTILE_SAMPLES
     #: Largest latent size for which :meth:`warm_start` accepts ``method="laplace"`` (a D x D Hessian, its
-    #: eigendecomposition and D² parameters in the guide).
+    #: eigendecomposition, and the D x D fixed factor the guide then holds; no trainable D² parameters).
     laplace_max_dim: int = common.LAPLACE_MAX_DIM
 
     def __init__(self, model: Callable, flow: str | Callable[[int], Flow] = common.DEFAULT_FLOW, *,
                  num_transforms: int = common.DEFAULT_NUM_TRANSFORMS, hidden_dims: Sequence[int] | None = None,
                  init_loc_fn: Callable = init_to_median, init_scale: float = common.DEFAULT_INIT_SCALE,
-                 create_plates: Callable | None = None, warm_start: str | None = None, **flow_kwargs: Any) -> None:
+                 create_plates: Callable | None = None, warm_start: str | None = common.DEFAULT_WARM_START,
+                 stick_the_landing: bool = False, **flow_kwargs: Any) -> None:
         init_scale = common.check_init_scale(init_scale, MIN_SCALE)
         common.check_positive_int(num_transforms, "num_transforms")
         common.check_warm_start(warm_start, option=True)
@@ -187,6 +217,7 @@ class AutoFlowGuide(AutoContinuous):
         self._flow_spec, self._num_transforms, self._flow_kwargs = flow, num_transforms, dict(flow_kwargs)
         self._hidden_dims = None if hidden_dims is None else tuple(int(h) for h in hidden_dims)
         self._init_scale, self._warm_start_option = init_scale, warm_start
+        self.stick_the_landing = bool(stick_the_landing)
         self.flow: Flow | None = None  # built with the prototype, on the first call
 
     # ------------------------------------------------------------------------------------------------- building
@@ -214,11 +245,15 @@ class AutoFlowGuide(AutoContinuous):
     def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:
         with self._building():  # every attribute is in place, or the guide is unbuilt
             self._prepare_prototype(*args, **kwargs)
-            if self._warm_start_option is None:
-                flow = self._build_flow(self._init_loc())
-            else:
-                flow, _ = self._warm_start(self._warm_start_option, common.DEFAULT_WARM_START_STEPS, args, kwargs)
-            self.flow = flow
+            option, flow = self._warm_start_option, None
+            if option is not None:
+                try:
+                    flow, _ = self._warm_start(option, common.DEFAULT_WARM_START_STEPS, args, kwargs)
+                except common.FlatDensityError:
+                    if option != "auto":
+                        raise
+                    warnings.warn(common.FLAT_DENSITY_FALLBACK, RuntimeWarning, stacklevel=4)
+            self.flow = self._build_flow(self._init_loc()) if flow is None else flow
 
     def _recipe_flow(self, latent_dim: int) -> Flow:
         """The flow ``T`` (before the final layers) for a latent of size ``latent_dim``."""
@@ -232,33 +267,39 @@ class AutoFlowGuide(AutoContinuous):
         return recipe(latent_dim, **kwargs)
 
     def _build_flow(self, loc: Tensor, factor: Any = None, exact: bool = False) -> Flow:
-        """A fresh flow ``[*recipe layers, (LULinear,) DiagonalAffine]`` placed at ``loc`` with sd ``init_scale``
-        (``factor is None``) or at ``N(loc, factor factorᵀ)``, on ``loc``'s device and dtype (where the model's values
-        live). ``exact``: the recipe layers start at exactly the identity, as the warm start needs."""
+        """A fresh flow ``[*recipe layers, DiagonalAffine(, LowerCholeskyAffine)]`` placed at ``loc`` with sd
+        ``init_scale`` (``factor is None``) or at ``N(loc, factor factorᵀ)``, on ``loc``'s device and dtype (where the
+        model's values live). The fixed layer is there whenever the latent fits :attr:`laplace_max_dim` (the identity
+        without a Laplace start), so that the parameter layout does not depend on how a warm start ended. ``exact``:
+        the recipe layers start at exactly the identity, as the warm start needs."""
         layers = self._recipe_flow(self.latent_dim).to(device=loc.device, dtype=loc.dtype)
         if exact:
             _zero_conditioners(layers.transforms)
         z = base_draws(layers, common.NUM_INIT_SAMPLES // 2, self.latent_dim)
         z = torch.cat([z, -z]) if layers.base is None else z
-        final = _final_layers(list(layers.transforms), z, layers.base is None, loc, self._init_scale, factor)
+        factor = None if factor is None else torch.as_tensor(factor).to(loc)
+        whiten = self.latent_dim <= self.laplace_max_dim
+        final = _final_layers(list(layers.transforms), z, layers.base is None, loc, self._init_scale, whiten, factor)
         return Flow([*layers.transforms, *final], base=layers.base).to(device=loc.device, dtype=loc.dtype)
 
     # ------------------------------------------------------------------------------------------------- warm start
-    def warm_start(self, *args: Any, method: str = "laplace", num_steps: int = common.DEFAULT_WARM_START_STEPS,
+    def warm_start(self, *args: Any, method: str = "auto", num_steps: int = common.DEFAULT_WARM_START_STEPS,
                    **kwargs: Any) -> WarmStart:
-        """Place the guide at the mode (``"map"``) or the Laplace approximation (``"laplace"``) of the posterior.
+        """Place the guide at the Laplace approximation (``"laplace"``) or the mode (``"map"``) of the posterior.
 
-        Maximises ``log p(u)`` (the model's log joint at ``x = biject_to(support)(u)`` plus ``log|det ∂x/∂u|``) with
-        L-BFGS and a strong Wolfe line search from the ``init_loc_fn`` point, in float64 whatever the model's dtype
-        (``u`` and the model's floating tensor arguments are cast; :mod:`pyroflows.infer.warm_start`). Then the flow
-        is rebuilt with its layers at exactly the identity and its final layers set:
+        The guide runs this on its first call with its ``warm_start`` option (``"auto"`` by default); call it
+        yourself to redo it with other arguments. Maximises ``log p(u)`` (the model's log joint at
+        ``x = biject_to(support)(u)`` plus ``log|det ∂x/∂u|``) with L-BFGS and a strong Wolfe line search from the
+        ``init_loc_fn`` point, in float64 whatever the model's dtype (``u`` and the model's floating tensor arguments
+        are cast; :mod:`pyroflows.infer.warm_start`). Then the flow is rebuilt with its layers at exactly the identity:
 
-        * ``"map"``: the affine shift at the mode, the scale ``init_scale`` (no second derivatives: any latent size);
         * ``"laplace"``: ``Σ = H⁻¹`` with ``H`` the Hessian of ``-log p(u)`` at the mode (eigenvalues that are not
-          positive raised to ``1/init_scale²``, with a warning), and the chain becomes ``T -> LULinear (chol(Σ),
-          identity permutation) -> DiagonalAffine (shift at the mode)``: with identity-start flows the guide at zero
-          SVI steps is exactly ``N(mode, Σ)``. The LU layer adds ``D²`` trainable parameters; ``D`` above
-          :attr:`laplace_max_dim` is refused.
+          positive raised to ``1/init_scale²``, with a warning); the fixed ``LowerCholeskyAffine`` layer is set to the
+          mode and the Cholesky factor of ``Σ``, the ``DiagonalAffine`` before it to the identity: the guide at zero
+          SVI steps is exactly ``N(mode, Σ)``, and SVI trains in whitened coordinates. ``D`` above
+          :attr:`laplace_max_dim` is refused;
+        * ``"map"``: the affine shift at the mode, the scale ``init_scale`` (no second derivatives: any latent size);
+        * ``"auto"``: ``"laplace"`` where ``D <= laplace_max_dim``, else ``"map"``.
 
         The guide's entries in Pyro's param store are replaced (a later ``svi.step`` trains the new ones; Adam state
         starts afresh). A non-finite ``log p`` stops the search at the best point found, with a warning. Unless the
@@ -268,7 +309,7 @@ class AutoFlowGuide(AutoContinuous):
 
         Args:
             *args, **kwargs: the model's arguments (``method`` and ``num_steps`` are taken by this method).
-            method: ``"laplace"`` (default) or ``"map"``.
+            method: ``"auto"`` (default), ``"laplace"`` or ``"map"``.
             num_steps: maximum number of L-BFGS iterations.
 
         Returns:
@@ -276,7 +317,7 @@ class AutoFlowGuide(AutoContinuous):
             iterations, convergence, the new parameters).
 
         Example:
-            >>> ws = AutoFlowGuide(model).warm_start(x, y, method="laplace")
+            >>> ws = AutoFlowGuide(model, warm_start=None).warm_start(x, y, method="laplace")
 
         Reference: MacKay (2003), "Information Theory, Inference, and Learning Algorithms", ch. 27 (Laplace's
         method); Liu & Nocedal (1989), "On the limited memory BFGS method for large scale optimization".
@@ -304,6 +345,7 @@ class AutoFlowGuide(AutoContinuous):
     def _warm_start(self, method: str, num_steps: int, args: tuple, kwargs: dict) -> tuple[Flow, WarmStart]:
         """Search, Hessian and placement: the new flow and the record (no param-store handling)."""
         start = time.perf_counter()
+        method = common.resolve_warm_start(method, self.latent_dim, self.laplace_max_dim)
         if method == "laplace":
             common.check_laplace_size(self.latent_dim, self.laplace_max_dim)
         init_loc = self._init_loc().detach()
@@ -326,7 +368,7 @@ class AutoFlowGuide(AutoContinuous):
         of a callable flow)."""
         flow = self._require_flow()
         if flow.base is not None:
-            return flow.base
+            return base_distribution(flow)  # a trainable base: the distribution its forward() returns
         zeros = torch.zeros(self.latent_dim, device=flow._ref.device, dtype=flow._ref.dtype)
         return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
 
@@ -336,8 +378,10 @@ class AutoFlowGuide(AutoContinuous):
         return self._require_flow().transform()
 
     def get_posterior(self, *args: Any, **kwargs: Any) -> FlowDistribution:
-        """The guide's distribution over the unconstrained latent vector ``u`` (a :class:`FlowDistribution`)."""
-        return self._require_flow()()
+        """The guide's distribution over the unconstrained latent vector ``u`` (a :class:`FlowDistribution`; a
+        :class:`PathFlowDistribution` with ``stick_the_landing=True``)."""
+        flow = self._require_flow()
+        return PathFlowDistribution(flow) if self.stick_the_landing else flow()
 
     def _require_flow(self) -> Flow:
         if self.prototype_trace is None:

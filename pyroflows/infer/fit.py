@@ -33,7 +33,7 @@ from flowcommon.fit import (
 from ..flows.core import Flow, base_log_prob
 from ..functional.affine import MIN_SCALE, affine_scale
 from ..transforms.base import chain_inverse
-from ..transforms.linear import DiagonalAffine, _affine_start
+from ..transforms.linear import DiagonalAffine
 
 Tensor = torch.Tensor
 OptimizerFactory = Callable[[list[dict]], torch.optim.Optimizer]
@@ -52,17 +52,6 @@ def _flow_dtype_device(flow: Flow) -> tuple[torch.dtype, torch.device]:
     if ref is None:
         ref = next(iter(flow.parameters()))
     return ref.dtype, ref.device
-
-
-def _affine(d: int, loc: np.ndarray, scale: np.ndarray, dtype: torch.dtype, device: torch.device) -> DiagonalAffine:
-    """``DiagonalAffine(d, loc=loc, scale=scale)`` in ``dtype`` on ``device``, its start exact in float64 flows: the
-    constructor stores the start in torch's default dtype, so the float64 start its ``_affine_start`` computes is
-    written again once the module has the flow's dtype."""
-    affine = DiagonalAffine(d, loc=loc.tolist(), scale=scale.tolist()).to(device=device, dtype=dtype)
-    shift, raw = _affine_start(d, loc, scale)
-    affine.head.set_value("shift", shift.to(device=device, dtype=dtype))
-    affine.head.set_value("raw_scale", raw.to(device=device, dtype=dtype))
-    return affine
 
 
 def _mean_nll(flow: Flow, x: Tensor, c: Tensor | None) -> float:
@@ -201,7 +190,8 @@ class _Trainer:
             shift = trained.head.shift.double().cpu().numpy()
             scale = affine_scale(trained.head.raw_scale).double().cpu().numpy()
         loc, s = self.std.compose(shift, scale, MIN_SCALE)
-        affine = _affine(self.model.input_dim, loc, s, self.dtype, self.dev)
+        # the start, computed in float64, is exact in a float64 flow (lists: the configuration is saved as JSON)
+        affine = DiagonalAffine(self.model.input_dim, loc=loc.tolist(), scale=s.tolist(), dtype=self.dtype)
         return Flow([*inner, affine], base=self.model.base).to(device=self.dev, dtype=self.dtype)
 
     def result(self) -> Flow:

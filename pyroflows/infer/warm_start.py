@@ -21,7 +21,7 @@ from torch.distributions import biject_to
 
 from flowcommon import guide as common
 
-from ..flows.core import Flow, base_log_prob
+from ..flows.core import Flow, base_distribution, base_log_prob
 
 Tensor = torch.Tensor
 _LOW_PRECISION = (torch.float16, torch.bfloat16, torch.float32)
@@ -100,7 +100,7 @@ def _value_and_grad(fn: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, 
         xg = x.detach().clone().requires_grad_(True)
         v = fn(xg)
         if not v.requires_grad:
-            raise ValueError(common.FLAT_DENSITY_MESSAGE)
+            raise common.FlatDensityError(common.FLAT_DENSITY_MESSAGE)
         (g,) = torch.autograd.grad(v, xg)
     return v.detach(), g.detach()
 
@@ -204,7 +204,7 @@ def base_draws(flow: Flow, n: int, latent_dim: int) -> Tensor:
     if flow.base is not None:
         with torch.random.fork_rng(devices=[ref.device] if ref.device.type == "cuda" else []):
             torch.manual_seed(common.SEED)
-            return flow.base.sample((n,)).to(ref)
+            return base_distribution(flow).sample((n,)).to(ref)
     gen = torch.Generator(device=ref.device).manual_seed(common.SEED)
     return torch.randn(n, latent_dim, generator=gen, device=ref.device, dtype=ref.dtype)
 

@@ -77,6 +77,9 @@ class MLP(nn.Module):
         output_init: half-width of the uniform start of the output weights, or ``"fan_in"`` for
             ``±1/sqrt(fan_in)`` (see :func:`output_init_bound`). ``None`` (default): ``OUTPUT_INIT = 1e-3`` when
             ``output_bias`` is given, else the ``torch.nn.Linear`` start of weights and bias.
+        dtype: floating type of the weights (``None``: torch's default dtype), as ``torch.nn.Linear``'s; the layers
+            are drawn in the default dtype and converted, then the output layer's start is drawn and ``output_bias``
+            written in ``dtype`` (a float64 bias stays exact).
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class MLP(nn.Module):
         activation: str = "relu",
         output_bias: Tensor | None = None,
         output_init: float | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if in_features == 0 and context_dim == 0:
@@ -102,6 +106,8 @@ class MLP(nn.Module):
         self.input_layer = nn.Linear(in_features, first) if in_features > 0 else None
         self.context_layer = nn.Linear(context_dim, first, bias=in_features == 0) if context_dim > 0 else None
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        if dtype is not None:
+            self.to(dtype)
         last = self.layers[-1] if len(self.layers) else (self.input_layer or self.context_layer)
         self._has_hidden = bool(hidden_dims)
         if output_bias is not None or output_init is not None:

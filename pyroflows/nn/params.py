@@ -27,6 +27,9 @@ class ParamHead(nn.Module):
         context_dim: 0 for free parameters, else the size of the context.
         hidden_dims: hidden widths of the context network.
         activation: its hidden nonlinearity.
+        dtype: floating type of the parameters (``None``: torch's default dtype). ``init`` is converted to it once,
+            so float64 values (e.g. a start computed in float64) stay exact in a float64 head, whatever the default
+            dtype; building in the default dtype and calling ``.double()`` would keep only their float32 rounding.
 
     Calling ``head(context)`` returns ``{name: tensor}``; with a context of batch shape ``B`` each tensor has shape
     ``B + init[name].shape``.
@@ -38,19 +41,21 @@ class ParamHead(nn.Module):
         context_dim: int = 0,
         hidden_dims: Sequence[int] = (64, 64),
         activation: str = "relu",
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.names = list(init)
         self.shapes = {k: tuple(torch.as_tensor(v).shape) for k, v in init.items()}
         self.context_dim = context_dim
+        dtype = torch.get_default_dtype() if dtype is None else dtype
         if context_dim == 0:
             for k, v in init.items():
-                self.register_parameter(k, nn.Parameter(torch.as_tensor(v, dtype=torch.get_default_dtype()).clone()))
+                self.register_parameter(k, nn.Parameter(torch.as_tensor(v, dtype=dtype).clone()))
             self.net = None
         else:
-            flat = torch.cat([torch.as_tensor(v, dtype=torch.get_default_dtype()).reshape(-1) for v in init.values()])
+            flat = torch.cat([torch.as_tensor(v, dtype=dtype).reshape(-1) for v in init.values()])
             self.net = MLP(0, flat.numel(), hidden_dims, context_dim=context_dim, activation=activation,
-                           output_bias=flat)
+                           output_bias=flat, dtype=dtype)
         self._sizes = [math.prod(s) for s in self.shapes.values()]
 
     def forward(self, context: Tensor | None = None) -> dict[str, Tensor]:

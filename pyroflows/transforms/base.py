@@ -32,6 +32,8 @@ TRANSFORMS: dict[str, type] = {}
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, FlowTransform):  # a wrapped transform (Invert's): its own configuration
+        return value.config()
     if hasattr(value, "spec"):
         return {"__transformer__": value.spec()}
     if isinstance(value, (tuple, list)):
@@ -48,7 +50,8 @@ def record_init_arguments(cls: type) -> None:
 
     The outermost constructor call stores ``{"type": class name, "kwargs": JSON-able arguments}`` as
     ``_flow_config`` (before ``nn.Module.__init__``, hence straight into ``__dict__``); calls to ``super().__init__``
-    leave it alone. Used by transforms and flows for saving without pickling code.
+    leave it alone. A ``dtype`` argument is not configuration (the saved tensors carry their type) and is left out.
+    Used by transforms and flows for saving without pickling code.
     """
     init = cls.__dict__.get("__init__")
     if init is None:
@@ -60,7 +63,7 @@ def record_init_arguments(cls: type) -> None:
         if "_flow_config" not in self.__dict__:
             bound = sig.bind(self, *args, **kw)
             bound.apply_defaults()
-            cfg = {k: _jsonable(v) for k, v in list(bound.arguments.items())[1:]}
+            cfg = {k: _jsonable(v) for k, v in list(bound.arguments.items())[1:] if k != "dtype"}
             self.__dict__["_flow_config"] = {"type": type(self).__name__, "kwargs": cfg}
         init(self, *args, **kw)
 
@@ -90,6 +93,9 @@ class FlowTransform(_FusedTransform, TransformModule):
     domain = constraints.real_vector
     codomain = constraints.real_vector
     bijective = True
+
+    #: constructor arguments that take another transform (saved as its configuration, revived by from_config)
+    transform_args: tuple[str, ...] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -254,4 +260,5 @@ def from_config(config: dict) -> FlowTransform:
         cls = TRANSFORMS[config["type"]]
     except KeyError:
         raise ValueError(f"unknown transform type {config.get('type')!r} in saved configuration") from None
-    return cls(**{k: revive_transformers(v) for k, v in config["kwargs"].items()})
+    return cls(**{k: from_config(v) if k in cls.transform_args else revive_transformers(v)
+                  for k, v in config["kwargs"].items()})

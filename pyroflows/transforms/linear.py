@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..functional import linear as F_lin
-from ..functional.affine import MIN_SCALE, affine_scale, affine_scale_inverse
+from ..functional.affine import MIN_SCALE, affine_scale, scale_shift
 from ..nn.params import ParamHead
 from .base import FlowTransform
 
@@ -43,7 +43,10 @@ def _make_permutation(d: int, permutation: Sequence[int] | str, seed: int, kinds
 def _affine_start(d: int, loc: Any, scale: Any) -> tuple[Tensor, Tensor]:
     """Starting ``(shift, raw_scale)`` of a ``DiagonalAffine`` (float64, shape ``(d,)``) for ``loc`` and ``scale``
     (numbers or ``d`` numbers); a ``ValueError`` naming the fix for other shapes, non-finite values or scales at or
-    below the floor. A scale of exactly 1 gives a raw value of exactly 0."""
+    below the floor. The raw scale is the inverse of :func:`~pyroflows.functional.affine.affine_scale` in float64,
+    without :func:`~pyroflows.functional.affine.affine_scale_inverse`'s clamp (which would move a scale within 1e-6
+    of the floor; the scales here are checked to be above it), the computation of numpyroflows; a scale of exactly 1
+    gives a raw value of exactly 0."""
     values = {}
     for name, v in (("loc", loc), ("scale", scale)):
         t = torch.as_tensor(v, dtype=torch.float64)
@@ -57,7 +60,8 @@ def _affine_start(d: int, loc: Any, scale: Any) -> tuple[Tensor, Tensor]:
     if not bool((s > MIN_SCALE).all()):
         raise ValueError(f"DiagonalAffine's scale must be above its floor {MIN_SCALE:g}, got {s.tolist()}; "
                          "rescale the data or the model")
-    raw = torch.where(s == 1.0, torch.zeros_like(s), affine_scale_inverse(s))
+    y = s - MIN_SCALE
+    raw = torch.where(s == 1.0, torch.zeros_like(s), y + torch.log(-torch.expm1(-y)) - scale_shift(MIN_SCALE))
     return values["loc"], raw
 
 
@@ -73,6 +77,10 @@ class DiagonalAffine(FlowTransform):
         hidden_dims: hidden widths of the context network.
         loc: starting shift, a number or ``D`` numbers (with a context: the network's output bias).
         scale: starting scale, a number or ``D`` numbers, each above the floor ``1e-3``.
+        dtype: floating type of the parameters (``None``: torch's default dtype), as ``torch.nn.Linear``'s. The start
+            is computed in float64 and converted once, so ``dtype=torch.float64`` starts exactly at ``loc`` and
+            ``scale`` whatever the default dtype (building in float32 and calling ``.double()`` keeps only the float32
+            rounding of the start).
 
     Example:
         >>> t = DiagonalAffine(3, loc=[1.0, 0.0, -1.0], scale=2.0)
@@ -89,10 +97,11 @@ class DiagonalAffine(FlowTransform):
         hidden_dims: Sequence[int] = (64, 64),
         loc: float | Sequence[float] = 0.0,
         scale: float | Sequence[float] = 1.0,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(input_dim, context_dim)
-        shift, raw_scale = _affine_start(self.input_dim, loc, scale)
-        self.head = ParamHead({"shift": shift, "raw_scale": raw_scale}, context_dim, hidden_dims)
+        shift, raw_scale = _affine_start(self.input_dim, loc, scale)  # float64, converted once to dtype
+        self.head = ParamHead({"shift": shift, "raw_scale": raw_scale}, context_dim, hidden_dims, dtype=dtype)
 
     def _forward_ld(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         p = self.head(context)
@@ -231,6 +240,65 @@ class RandomPermutation(Permutation):
 
     def __init__(self, input_dim: int, seed: int = 0) -> None:
         super().__init__(input_dim, None, "random", seed)
+
+
+def _cholesky_values(d: int, loc: Any, scale_tril: Any) -> tuple[Any, Any]:
+    """``(loc, L)`` as float64 NumPy arrays after the checks of :class:`LowerCholeskyAffine`: shapes ``(d,)`` and
+    ``(d, d)``, finite, ``L`` lower triangular with a positive diagonal; a ``ValueError`` naming the fix otherwise."""
+    import numpy as np
+
+    loc, tril = np.asarray(loc, np.float64), np.asarray(scale_tril, np.float64)
+    if loc.shape != (d,) or tril.shape != (d, d):
+        raise ValueError(f"LowerCholeskyAffine needs loc of shape ({d},) and scale_tril of shape ({d}, {d}) "
+                         f"(input_dim={d}), got {loc.shape} and {tril.shape}")
+    if not (np.isfinite(loc).all() and np.isfinite(tril).all()):
+        raise ValueError("LowerCholeskyAffine's loc and scale_tril must be finite")
+    if np.any(np.triu(tril, 1) != 0) or not np.all(np.diag(tril) > 0):
+        raise ValueError("LowerCholeskyAffine's scale_tril must be lower triangular with a positive diagonal (a "
+                         "Cholesky factor: numpy.linalg.cholesky(cov))")
+    return loc, tril
+
+
+class LowerCholeskyAffine(FlowTransform):
+    """A fixed affine map ``y = loc + L x`` with ``L`` lower triangular, positive diagonal; ``log|det| = Σ log L_ii``.
+
+    It carries ``N(0, I)`` to ``N(loc, L Lᵀ)``, and is not trained: ``loc`` and ``scale_tril`` are buffers (in the
+    ``state_dict``, not among the parameters). It starts at the identity; :meth:`with_values` places it, e.g. at a
+    Laplace approximation (mode, Cholesky factor of ``H⁻¹``) so that the layers before it work in whitened coordinates
+    (``AutoFlowGuide`` does this: a learning rate then means a step in units of the posterior's scale). The inverse
+    is one triangular solve. The same math as Pyro's and NumPyro's ``LowerCholeskyAffine`` transforms.
+
+    Args:
+        input_dim: D.
+        dtype: floating type of the buffers (``None``: torch's default dtype).
+
+    Example:
+        >>> t = LowerCholeskyAffine(2).with_values([1.0, 2.0], [[2.0, 0.0], [1.0, 0.5]])
+        >>> t(torch.zeros(1, 2))
+        tensor([[1., 2.]])
+    """
+
+    def __init__(self, input_dim: int, dtype: torch.dtype | None = None) -> None:
+        super().__init__(input_dim, 0)
+        d, dtype = self.input_dim, dtype or torch.get_default_dtype()
+        self.register_buffer("loc", torch.zeros(d, dtype=dtype))
+        self.register_buffer("scale_tril", torch.eye(d, dtype=dtype))
+
+    def with_values(self, loc: Any, scale_tril: Any) -> LowerCholeskyAffine:
+        """A new transform at ``loc`` (``D`` numbers) and ``scale_tril`` (``D x D``, lower triangular, positive
+        diagonal), with this one's dtype and device."""
+        loc, tril = _cholesky_values(self.input_dim, torch.as_tensor(loc).detach().cpu(),
+                                     torch.as_tensor(scale_tril).detach().cpu())
+        new = LowerCholeskyAffine(self.input_dim, dtype=self.loc.dtype).to(self.loc.device)
+        new.loc.copy_(torch.from_numpy(loc))
+        new.scale_tril.copy_(torch.from_numpy(tril))
+        return new
+
+    def _forward_ld(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return F_lin.cholesky_affine_forward(x, self.loc, self.scale_tril)
+
+    def _inverse_ld(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return F_lin.cholesky_affine_inverse(y, self.loc, self.scale_tril)
 
 
 class Householder(FlowTransform):

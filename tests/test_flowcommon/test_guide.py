@@ -46,7 +46,7 @@ def test_argument_checks_name_the_fix():
     with pytest.raises(ValueError, match="num_transforms must be a positive integer"):
         common.check_positive_int(0, "num_transforms")
     common.check_warm_start(None, option=True)
-    with pytest.raises(ValueError, match=r"warm_start must be None, 'map' or 'laplace'"):
+    with pytest.raises(ValueError, match=r"warm_start must be 'auto', 'laplace', 'map' or None"):
         common.check_warm_start("mode", option=True)
     with pytest.raises(ValueError, match=r"num_steps must be a non-negative integer"):
         common.check_warm_start("map", -1)
@@ -101,18 +101,16 @@ def test_laplace_factor_is_the_lower_cholesky_factor_of_the_inverse():
         assert common.laplace_outcome(np.array([[np.nan]]), 0.5, "")[0] is None
 
 
-def test_lu_placement_reproduces_the_covariance():
-    """u = loc + s' ⊙ (W x + b) with x of mean m and sd s (independent coordinates) has mean loc and covariance
-    diag(s') W diag(s²) Wᵀ diag(s'), which must be C Cᵀ; W = (L + I) diag(w) with L = packed."""
-    rng = np.random.default_rng(1)
-    a = rng.normal(size=(4, 4))
-    c = np.linalg.cholesky(a @ a.T + np.eye(4))
-    mean, sd = rng.normal(size=4), rng.uniform(0.5, 2.0, size=4)
-    packed, w, b, outer = common.lu_placement(c, mean, sd, 1e-3)
-    assert np.array_equal(packed, np.tril(packed, -1)) and np.all(w >= common.LU_DIAG_TARGET)
-    weight = (packed + np.eye(4)) * w[None, :]
-    np.testing.assert_allclose(outer[:, None] * weight * sd[None, :], c, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(weight @ mean + b, 0.0, atol=1e-12)
+def test_auto_is_laplace_where_the_hessian_fits_else_map():
+    assert common.DEFAULT_WARM_START == "auto"
+    assert common.resolve_warm_start("auto", 3, 2000) == "laplace"
+    assert common.resolve_warm_start("auto", 2000, 2000) == "laplace"
+    assert common.resolve_warm_start("auto", 2001, 2000) == "map"
+    assert common.resolve_warm_start("map", 3, 2000) == "map"
+    common.check_warm_start("auto", option=True)
+    common.check_warm_start("auto", 10)
+    with pytest.raises(ValueError, match="'auto', 'laplace', 'map' or None"):
+        common.check_warm_start("lbfgs", option=True)
 
 
 def test_keep_warm_start_only_a_clean_mode_or_a_better_start():

@@ -14,10 +14,11 @@ import jax.numpy as jnp  # noqa: E402
 from numpyroflows import flows as F  # noqa: E402
 
 X = np.array([[1, 2, 0], [0, -1, 3]])
+F32 = {"dtype": jnp.float32}  # float32 flows, with x64 on (as in the whole suite) or off
 RECIPES = {
-    "IAF": lambda k: F.IAF(3, num_transforms=2, hidden_dims=(8,), key=k),  # log_prob is the slow direction
-    "MAF": lambda k: F.MAF(3, num_transforms=2, hidden_dims=(8,), key=k),  # sampling (T(z)) is
-    "NSF": lambda k: F.NSF(3, num_transforms=2, hidden_dims=(8,), count_bins=4, key=k),
+    "IAF": lambda k: F.IAF(3, num_transforms=2, hidden_dims=(8,), key=k, **F32),  # log_prob is the slow direction
+    "MAF": lambda k: F.MAF(3, num_transforms=2, hidden_dims=(8,), key=k, **F32),  # sampling (T(z)) is
+    "NSF": lambda k: F.NSF(3, num_transforms=2, hidden_dims=(8,), count_bins=4, key=k, **F32),
 }
 
 

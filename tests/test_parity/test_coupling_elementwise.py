@@ -154,8 +154,8 @@ def test_initial_values_match():
 
 
 def test_jit_grad_float32_and_config():
-    parts = [jc.CouplingTransform(D, "bspline", 2, H, mask="alternating", parity=1, key=jax.random.PRNGKey(1)),
-             je.LeakyReLU(D, 2, H)]
+    parts = [jc.CouplingTransform(D, "bspline", 2, H, mask="alternating", parity=1, key=jax.random.PRNGKey(1),
+                                  dtype=jnp.float32), je.LeakyReLU(D, 2, H, dtype=jnp.float32)]  # float32 under x64
     flow = JFlow(parts)
     x = jnp.asarray(np.random.default_rng(2).normal(size=(7, D)), jnp.float32)
     c = jnp.asarray(np.random.default_rng(3).normal(size=(7, 2)), jnp.float32)

@@ -113,7 +113,8 @@ def test_defaults_and_float32():
         JSylvester(3, num_ortho=4)
     with pytest.raises(ValueError):
         JSylvester(3, q_type="nope")
-    for t in (JPlanar(3, key=jax.random.PRNGKey(2)), JRadial(3, 2), JSylvester(3, 2, num_ortho=2)):
+    f32 = {"dtype": jnp.float32}  # float32 transforms, with x64 on
+    for t in (JPlanar(3, key=jax.random.PRNGKey(2), **f32), JRadial(3, 2, **f32), JSylvester(3, 2, num_ortho=2, **f32)):
         x = jnp.asarray(np.random.default_rng(2).normal(size=(7, 3)), jnp.float32)
         c = jnp.ones((7, 2), jnp.float32) if t.context_dim else None
         y, ld, x_back = _round_trip32(t, x, c)

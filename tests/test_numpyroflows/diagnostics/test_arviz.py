@@ -205,7 +205,7 @@ def test_an_unreliable_flow_guide_is_not_told_to_use_a_flow():
     with jax.enable_x64(True):
         p = _problem(jnp.float64)
         model = _model(p)
-        guide = numpyroflows.AutoFlowGuide(model)
+        guide = numpyroflows.AutoFlowGuide(model, warm_start=None)  # untrained from N(init_loc, init_scale²)
         svi = SVI(model, guide, optax.adam(1e-3), Trace_ELBO())
         state = svi.init(jax.random.PRNGKey(0), p["data"])  # barely trained: far from the posterior
         diag = vi_diagnostics(guide, model, p["data"], params=svi.get_params(state), num_samples=2000)

@@ -83,8 +83,9 @@ def _is_buffer(name: str) -> bool:
 # ------------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def trained():
-    """The default flow (small) trained on the constrained model: (guide, params, losses)."""
-    guide = AutoFlowGuide(constrained_model, num_transforms=2, hidden_dims=(16, 16))
+    """The default flow (small) trained from N(init_loc, init_scale²) on the constrained model: (guide, params,
+    losses)."""
+    guide = AutoFlowGuide(constrained_model, num_transforms=2, hidden_dims=(16, 16), warm_start=None)
     steps = 1500
     optim = numpyro.optim.optax_to_numpyro(optax.adam(optax.exponential_decay(0.02, steps, 0.05)))
     svi = SVI(constrained_model, guide, optim, Trace_ELBO(num_particles=4))
@@ -102,7 +103,7 @@ def test_the_flow_table_is_the_shared_one():
 @pytest.mark.parametrize("name", list(FLOWS))
 def test_every_flow_starts_at_init_loc_and_trains_under_jit(name):
     guide = AutoFlowGuide(small_model, name, num_transforms=1, init_loc_fn=init_to_value(values=INIT),
-                          init_scale=INIT_SCALE, **SMALL[name])
+                          init_scale=INIT_SCALE, warm_start=None, **SMALL[name])
     svi = SVI(small_model, guide, numpyro.optim.Adam(0.02), Trace_ELBO())
     state = svi.init(jax.random.PRNGKey(0))
     p0 = svi.get_params(state)
@@ -116,8 +117,10 @@ def test_every_flow_starts_at_init_loc_and_trains_under_jit(name):
     np.testing.assert_allclose(u.std(0), INIT_SCALE, rtol=0.07)
 
     if name not in NOT_IDENTITY_AT_INIT:
-        # T starts at the identity: the final affine holds init_loc and init_scale themselves
+        # T starts at the identity: the affine map holds init_loc and init_scale themselves (the fixed layer after it
+        # is the identity without a warm start)
         last = max(int(k.split(".")[1]) for k in p0 if k.endswith("head.shift"))
+        np.testing.assert_array_equal(np.asarray(p0[f"auto_flow$transforms.{last + 1}.scale_tril"]), np.eye(3))
         np.testing.assert_allclose(np.asarray(p0[f"auto_flow$transforms.{last}.head.shift"]), INIT_U, atol=2e-3)
         scale = affine_scale(p0[f"auto_flow$transforms.{last}.head.raw_scale"])
         np.testing.assert_allclose(np.asarray(scale), INIT_SCALE, rtol=5e-3)
@@ -131,8 +134,9 @@ def test_every_flow_starts_at_init_loc_and_trains_under_jit(name):
     p1 = svi.get_params(state)
     flow_keys = [k for k in p0 if k.startswith("auto_flow$")]
     assert flow_keys and set(flow_keys) == set(p1)
+    fixed = [k for k in flow_keys if k.rsplit(".", 1)[-1] in ("loc", "scale_tril")]  # the LowerCholeskyAffine
     unchanged = [k for k in flow_keys if not _is_buffer(k) and np.array_equal(np.asarray(p0[k]), np.asarray(p1[k]))]
-    assert not unchanged, f"{name}: parameters not updated: {unchanged}"
+    assert sorted(unchanged) == sorted(fixed) and len(fixed) == 2, f"{name}: parameters not updated: {unchanged}"
 
 
 def test_init_scale_maps_to_the_affine_raw_scale():
@@ -290,7 +294,7 @@ def test_callable_flow_with_a_custom_base_and_prefix():
         return flows.Flow(flows.RealNVP(d, num_transforms=1, hidden_dims=(8, 8)).transforms, base=base)
 
     guide = AutoFlowGuide(small_model, make_flow, prefix="g", init_loc_fn=init_to_value(values=INIT),
-                          init_scale=INIT_SCALE)
+                          init_scale=INIT_SCALE, warm_start=None)
     svi = SVI(small_model, guide, numpyro.optim.Adam(0.01), Trace_ELBO())
     params = svi.get_params(svi.init(jax.random.PRNGKey(0)))
     assert params and all(k.startswith("g_flow$") for k in params)
@@ -436,11 +440,12 @@ def test_laplace_warm_start_is_the_exact_posterior_at_zero_svi_steps_and_reaches
         np.testing.assert_allclose(tril @ tril.T, cov, rtol=1e-6)
         np.testing.assert_array_equal(tril, np.tril(tril))
         assert set(ws.params) == {f"auto_flow${k}" for k in guide._flow.params}
-        *_, lu, affine = guide._flow.transforms
-        assert type(lu).__name__ == "LULinear" and type(affine).__name__ == "DiagonalAffine"
-        np.testing.assert_array_equal(np.asarray(lu.params["perm"]), np.arange(3))
-        # the layers keep numpyroflows' parameter dtype (float32, also under x64)
-        np.testing.assert_allclose(np.asarray(ws.params["auto_flow$transforms.4.head.shift"]), loc, rtol=1e-7)
+        *_, affine, fixed = guide._flow.transforms
+        assert type(affine).__name__ == "DiagonalAffine" and type(fixed).__name__ == "LowerCholeskyAffine"
+        # the affine map at the identity, the fixed layer at (mode, Cholesky factor)
+        np.testing.assert_allclose(np.asarray(ws.params["auto_flow$transforms.3.head.shift"]), 0.0, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(ws.params["auto_flow$transforms.4.loc"]), loc, rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(ws.params["auto_flow$transforms.4.scale_tril"]), tril, rtol=1e-12)
 
         post = guide.get_posterior(ws.params)
         points = np.concatenate([np.random.default_rng(0).multivariate_normal(mean, cov, size=20),
@@ -472,12 +477,12 @@ def test_map_warm_start_finds_the_exact_mode_keeps_init_scale_and_gives_init_par
         ws = guide.warm_start(*args, method="map")
         assert ws.method == "map" and ws.scale_tril is None and ws.converged
         assert np.all(np.abs(np.asarray(ws.loc) - mean) / np.sqrt(np.diag(cov)) < 1e-5)
-        assert set(ws.params) == set(old)  # "map" keeps the default layout
-        assert not any(type(t).__name__ == "LULinear" for t in guide._flow.transforms)
+        assert set(ws.params) == set(old)  # one layout, whatever the start
+        np.testing.assert_array_equal(np.asarray(guide._flow.transforms[-1].params["scale_tril"]), np.eye(3))
         # a flow at the identity: T'(0) is the mode, and every coordinate keeps sd init_scale
         np.testing.assert_allclose(np.asarray(guide.get_transform(ws.params)(jnp.zeros(3))), np.asarray(ws.loc),
                                    atol=1e-6)
-        last = len(guide._flow.transforms) - 1
+        last = len(guide._flow.transforms) - 2
         np.testing.assert_allclose(np.asarray(affine_scale(ws.params[f"auto_flow$transforms.{last}.head.raw_scale"])),
                                    0.05, rtol=1e-6)
         # an SVI state made before the warm start: init_params hands the warm values over
@@ -493,11 +498,13 @@ def test_constructor_option_warm_starts_in_svi_init_and_svi_trains_on():
         svi = SVI(regression_model, guide, numpyro.optim.Adam(1e-3), Trace_ELBO(num_particles=8))
         result = svi.run(jax.random.PRNGKey(0), 20, *args, progress_bar=False)
         assert np.all(np.isfinite(np.asarray(result.losses)))
-        assert type(guide._flow.transforms[-2]).__name__ == "LULinear"
-        shift = np.asarray(result.params["auto_flow$transforms.4.head.shift"])
-        assert np.all(np.abs(shift - mean) / np.sqrt(np.diag(cov)) < 0.1)  # 20 small steps stay near the start
-        assert not np.array_equal(np.asarray(result.params["auto_flow$transforms.3.head.packed"]),
-                                  np.asarray(guide._flow.params["transforms.3.head.packed"]))  # and the LU trains
+        assert type(guide._flow.transforms[-1]).__name__ == "LowerCholeskyAffine"
+        fixed = np.asarray(result.params["auto_flow$transforms.4.loc"])
+        assert np.all(np.abs(fixed - mean) / np.sqrt(np.diag(cov)) < 1e-4)  # SVI leaves the fixed layer alone
+        np.testing.assert_array_equal(fixed, np.asarray(guide._flow.params["transforms.4.loc"]))
+        shift = np.asarray(result.params["auto_flow$transforms.3.head.shift"])
+        assert np.all(np.abs(shift) < 0.1)  # 20 small steps stay near the start (in posterior sds)
+        assert not np.array_equal(shift, np.asarray(guide._flow.params["transforms.3.head.shift"]))  # and it trains
 
 
 def test_warm_start_steps_back_from_a_non_finite_region_and_keeps_a_finite_point():
@@ -530,12 +537,12 @@ def test_warm_start_keeps_the_default_start_on_a_funnel_without_a_mode():
     with pytest.warns(RuntimeWarning, match=r"keeps its default start"):
         ws = guide.warm_start(method="laplace")
     assert ws.method == "none" and ws.scale_tril is None
-    last = max(int(k.split(".")[1]) for k in ws.params if k.startswith("auto_flow$transforms."))
+    last = max(int(k.split(".")[1]) for k in ws.params if k.startswith("auto_flow$transforms.")) - 1
     # (the default start's recipe layers are within ±1e-3 of the identity, which its shift and scale compensate)
     np.testing.assert_allclose(np.asarray(ws.params[f"auto_flow$transforms.{last}.head.shift"]), 0.0, atol=1e-3)
     np.testing.assert_allclose(np.asarray(affine_scale(ws.params[f"auto_flow$transforms.{last}.head.raw_scale"])),
                                0.1, rtol=0.05)
-    assert not any("lower" in k or "packed" in k for k in ws.params)
+    np.testing.assert_array_equal(np.asarray(ws.params[f"auto_flow$transforms.{last + 1}.scale_tril"]), np.eye(10))
     svi = SVI(funnel, guide, optax.adam(1e-3), Trace_ELBO())
     result = svi.run(jax.random.PRNGKey(0), 3, progress_bar=False)
     assert np.all(np.isfinite(np.asarray(result.losses)))
@@ -581,7 +588,7 @@ def test_flat_direction_gets_init_scale_with_a_warning():
 
 def test_warm_start_errors():
     args, _, _ = _regression_problem()
-    with pytest.raises(ValueError, match=r"warm_start must be None, 'map' or 'laplace'"):
+    with pytest.raises(ValueError, match=r"warm_start must be 'auto', 'laplace', 'map' or None"):
         AutoFlowGuide(regression_model, warm_start="mode")
     guide = AutoFlowGuide(regression_model, hidden_dims=(8, 8))
     with pytest.raises(ValueError, match=r"unknown warm start method 'newton'"):
@@ -590,7 +597,7 @@ def test_warm_start_errors():
         guide.warm_start(*args, num_steps=1.5)
     guide.laplace_max_dim = 2
     with pytest.raises(ValueError, match=r"3 x 3 Hessian.*D = 3 > laplace_max_dim = 2: use method='map'"):
-        guide.warm_start(*args)
+        guide.warm_start(*args, method="laplace")
     svi = SVI(regression_model, guide, numpyro.optim.Adam(0.01), Trace_ELBO())
     params = svi.get_params(svi.init(jax.random.PRNGKey(0), *args))  # built with its default start
     assert "auto_flow$transforms.3.head.raw_scale" in params and guide.get_posterior(params).event_shape == (3,)

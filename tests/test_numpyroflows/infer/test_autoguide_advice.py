@@ -20,6 +20,7 @@ from numpyro.infer import SVI, Trace_ELBO  # noqa: E402
 from numpyro.infer.autoguide import AutoGuideList, AutoNormal  # noqa: E402
 from numpyro.infer.initialization import init_to_value  # noqa: E402
 
+from flowcommon import guide as common  # noqa: E402
 from numpyroflows.infer import AutoFlowGuide  # noqa: E402
 
 X_OBS = jnp.asarray(np.random.default_rng(0).normal(1.0, 0.5, size=40), jnp.float32)
@@ -114,13 +115,14 @@ def test_laplace_size_advice_map_or_a_larger_laplace_max_dim():
 
     guide = AutoFlowGuide(model, hidden_dims=(8, 8))
     guide.laplace_max_dim = 2
+    assert guide.warm_start().method == "map"  # "auto" above laplace_max_dim
     with pytest.raises(ValueError) as excinfo:
-        guide.warm_start()
+        guide.warm_start(method="laplace")
     message = str(excinfo.value)
     method = re.search(r"use method='(\w+)'", message).group(1)
     assert guide.warm_start(method=method).method == "map"
     setattr(guide, re.search(r"raise AutoFlowGuide\.(\w+)", message).group(1), 3)
-    assert guide.warm_start().method == "laplace"
+    assert guide.warm_start(method="laplace").method == "laplace"
 
 
 def test_first_call_advice_svi_init_or_a_seeded_call():
@@ -141,10 +143,15 @@ def test_flat_prior_advice_proper_priors_or_no_warm_start():
         AutoFlowGuide(flat, init_loc_fn=start).warm_start(method="map")
     message = str(excinfo.value)
     assert "warm_start=None" in message and "init_to_value" in message and "proper priors" in message
-    guide = AutoFlowGuide(flat, init_loc_fn=start, init_scale=0.5, hidden_dims=(8, 8))  # no warm start
-    svi = SVI(flat, guide, numpyro.optim.Adam(0.01), Trace_ELBO())
-    params = svi.get_params(svi.init(jax.random.PRNGKey(0)))
-    np.testing.assert_allclose(np.asarray(guide.median(params)["free"]), [0.5, -0.5], atol=0.1)
+    for option in (None, "auto"):  # no warm start, or "auto", which says it keeps the default start
+        guide = AutoFlowGuide(flat, init_loc_fn=start, init_scale=0.5, hidden_dims=(8, 8), warm_start=option)
+        svi = SVI(flat, guide, numpyro.optim.Adam(0.01), Trace_ELBO())
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            params = svi.get_params(svi.init(jax.random.PRNGKey(0)))
+        messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+        assert messages == ([] if option is None else [common.FLAT_DENSITY_FALLBACK])
+        np.testing.assert_allclose(np.asarray(guide.median(params)["free"]), [0.5, -0.5], atol=0.1)
 
     def proper():
         numpyro.sample("free", dist.Normal(jnp.zeros(2), 1.0).to_event(1))

@@ -193,7 +193,7 @@ def test_an_unreliable_flow_guide_is_not_told_to_use_a_flow():
     assert advice.startswith("unreliable:") and "a flow" not in advice and "warm_start" in advice
     p = _problem(torch.float64)
     model = _model(p)
-    guide = pyroflows.AutoFlowGuide(model)
+    guide = pyroflows.AutoFlowGuide(model, warm_start=None)  # untrained from N(init_loc, init_scale²)
     guide(p["data"])  # untrained: far from the posterior
     diag = vi_diagnostics(guide, model, p["data"], num_samples=2000)
     assert diag.khat > 0.7 and diag.verdict == verdict_for(diag.khat, flow_guide=True)

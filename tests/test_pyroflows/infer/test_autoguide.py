@@ -25,7 +25,7 @@ from pyroflows import flows
 from pyroflows.flows import FlowDistribution
 from pyroflows.functional.affine import affine_scale, affine_scale_inverse
 from pyroflows.infer import FLOWS, AutoFlowGuide
-from pyroflows.transforms.linear import DiagonalAffine, LULinear
+from pyroflows.transforms.linear import DiagonalAffine, LowerCholeskyAffine
 
 NAMES = list(FLOWS)
 # small networks keep the per-name tests fast; bnaf sizes itself with hidden_factor instead of hidden_dims
@@ -194,7 +194,7 @@ def test_init_loc_fn_and_init_scale_are_honoured(name):
     """Right after the first call the draws of u have mean init_loc and sd init_scale per coordinate."""
     data = _small_data()
     loc0, scale0 = torch.tensor([0.7, -1.3]), torch.tensor(2.5)
-    guide = AutoFlowGuide(small_model, name, num_transforms=2, init_scale=0.2,
+    guide = AutoFlowGuide(small_model, name, num_transforms=2, init_scale=0.2, warm_start=None,
                           init_loc_fn=init_to_value(values={"loc": loc0, "scale": scale0}), **SMALL[name])
     sample = guide(data)
     assert set(sample) == {"loc", "scale"} and sample["scale"] > 0
@@ -208,10 +208,13 @@ def test_init_loc_fn_and_init_scale_are_honoured(name):
 
 def test_identity_recipes_start_with_the_affine_at_init_loc_and_init_scale():
     data = _small_data()
-    guide = AutoFlowGuide(small_model, "iaf", init_loc_fn=init_to_value(values={"loc": torch.tensor([0.7, -1.3]),
-                                                                                "scale": torch.tensor(2.5)}))
+    start = init_to_value(values={"loc": torch.tensor([0.7, -1.3]), "scale": torch.tensor(2.5)})
+    guide = AutoFlowGuide(small_model, "iaf", warm_start=None, init_loc_fn=start)
     guide(data)
-    affine = guide.flow.transforms[-1]
+    *_, affine, fixed = guide.flow.transforms
+    # the fixed layer is there, at the identity, whatever the start (one parameter layout)
+    assert isinstance(fixed, LowerCholeskyAffine) and not list(fixed.parameters())
+    assert torch.equal(fixed.loc, torch.zeros(3)) and torch.equal(fixed.scale_tril, torch.eye(3))
     scale = affine_scale(affine.head.raw_scale)
     torch.testing.assert_close(affine.head.shift.detach(), torch.tensor([0.7, -1.3, math.log(2.5)]), atol=5e-3, rtol=0)
     torch.testing.assert_close(scale.detach(), torch.full((3,), 0.1), atol=0, rtol=0.02)
@@ -221,11 +224,11 @@ def test_callable_flow_and_flow_kwargs_reach_the_recipe():
     data = _small_data()
     guide = AutoFlowGuide(small_model, lambda d: flows.NSF(d, num_transforms=1, hidden_dims=(8, 8), count_bins=4))
     guide(data)
-    assert len(guide.flow.transforms) == 2 and guide.flow.transforms[0].input_dim == 3
+    assert len(guide.flow.transforms) == 3 and guide.flow.transforms[0].input_dim == 3
     pyro.clear_param_store()
     guide = AutoFlowGuide(small_model, "spline_iaf", num_transforms=2, hidden_dims=(8, 8), count_bins=5, bound=4.0)
     guide(data)
-    layers = [t for t in guide.flow.transforms if not isinstance(t, DiagonalAffine)]
+    layers = [t for t in guide.flow.transforms if not isinstance(t, (DiagonalAffine, LowerCholeskyAffine))]
     assert len(layers) == 2
     assert guide.flow.transforms[0].config()["kwargs"]["count_bins"] == 5
     assert guide.flow.transforms[0].config()["kwargs"]["bound"] == 4.0
@@ -563,11 +566,12 @@ def test_laplace_warm_start_is_the_exact_posterior_at_zero_svi_steps():
     laplace = dist.MultivariateNormal(ws.loc, scale_tril=ws.scale_tril)
     assert abs(ws.log_density - float(regression_log_joint(ws.loc, x, y, w))) < 1e-9
 
-    # one Flow: recipe layers, then LULinear (identity permutation), then the affine shift at the mode
-    *_, lu, affine = guide.flow.transforms
-    assert isinstance(lu, LULinear) and isinstance(affine, DiagonalAffine)
-    assert torch.equal(lu.perm, torch.arange(3)) and torch.equal(lu.inv_perm, torch.arange(3))
-    torch.testing.assert_close(affine.head.shift.detach(), ws.loc)
+    # one Flow: recipe layers, the affine map at the identity, then the fixed layer at (mode, Cholesky factor)
+    *_, affine, fixed = guide.flow.transforms
+    assert isinstance(affine, DiagonalAffine) and isinstance(fixed, LowerCholeskyAffine)
+    assert torch.equal(fixed.loc, ws.loc) and torch.equal(fixed.scale_tril, ws.scale_tril)
+    torch.testing.assert_close(affine.head.shift.detach(), torch.zeros(3, dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(affine_scale(affine.head.raw_scale.detach()), torch.ones(3, dtype=torch.float64))
     assert set(ws.params) == {f"AutoFlowGuide.flow$$${k}" for k, _ in guide.flow.named_parameters()}
     assert set(ws.params) <= set(pyro.get_param_store().keys())
 
@@ -576,7 +580,7 @@ def test_laplace_warm_start_is_the_exact_posterior_at_zero_svi_steps():
     points = torch.cat([exact.sample((20,)), mean + torch.randn(20, 3, dtype=torch.float64) * 2 * sd])
     torch.testing.assert_close(post.log_prob(points), laplace.log_prob(points), atol=1e-10, rtol=0)
     torch.testing.assert_close(post.log_prob(points), exact.log_prob(points), atol=1e-4, rtol=0)
-    # get_transform (what NeuTraReparam uses) is the same chain, LU layer included
+    # get_transform (what NeuTraReparam uses) is the same chain, fixed layer included
     pushed = dist.TransformedDistribution(guide.get_base_dist(), guide.get_transform())
     torch.testing.assert_close(pushed.log_prob(points), laplace.log_prob(points), atol=1e-10, rtol=0)
     n = 40_000
@@ -608,8 +612,8 @@ def test_map_warm_start_finds_the_exact_mode_and_keeps_init_scale():
     ws = guide.warm_start(x, y, w, method="map")
     assert ws.method == "map" and ws.scale_tril is None and ws.converged
     assert ((ws.loc - mean) / cov.diagonal().sqrt()).abs().max() < 1e-5
-    *_, affine = guide.flow.transforms
-    assert not any(isinstance(t, LULinear) for t in guide.flow.transforms)
+    *_, affine, fixed = guide.flow.transforms
+    assert torch.equal(fixed.scale_tril, torch.eye(3, dtype=torch.float64))  # the identity without a Hessian
     # a flow at the identity: T'(0) is the mode, and every coordinate keeps sd init_scale
     torch.testing.assert_close(guide.get_transform()(torch.zeros(3, dtype=torch.float64)), ws.loc, atol=1e-10, rtol=0)
     torch.testing.assert_close(affine_scale(affine.head.raw_scale.detach()),
@@ -617,18 +621,19 @@ def test_map_warm_start_finds_the_exact_mode_and_keeps_init_scale():
 
 
 def test_svi_runs_after_an_explicit_warm_start_and_replaces_the_old_parameters():
-    """An SVI step before the warm start registered the default layout; the warm start swaps in the Laplace layout
-    (the old entries leave the param store), and later steps train the new parameters."""
+    """An SVI step from the default start registered the guide's parameters; the warm start replaces them with new
+    ones of the same names (the old tensors leave the param store), and later steps train the new parameters."""
     x, y, w = _regression_data()
     mean, cov = _regression_posterior(x, y, w)
-    guide = AutoFlowGuide(regression_model, hidden_dims=(8, 8))
+    guide = AutoFlowGuide(regression_model, hidden_dims=(8, 8), warm_start=None)
     svi = SVI(regression_model, guide, ClippedAdam({"lr": 2e-3}), Trace_ELBO(num_particles=8,
                                                                              vectorize_particles=True))
     first = svi.step(x, y, w)
-    old_names = set(pyro.get_param_store().keys())
+    old = dict(pyro.get_param_store().items())
     ws = guide.warm_start(x, y, w)
     store = pyro.get_param_store()
-    assert set(store.keys()) == set(ws.params) and set(ws.params) != old_names
+    assert set(store.keys()) == set(ws.params) == set(old)
+    assert all(store._params[name] is not old[name] for name in ws.params)
     for name, value in ws.params.items():
         assert store._params[name] is value  # the store holds the module's own parameters
     before = {k: v.detach().clone() for k, v in ws.params.items()}
@@ -650,10 +655,11 @@ def test_constructor_option_warm_starts_on_the_first_svi_step(elbo):
               ELBOS[elbo](num_particles=8, vectorize_particles=True, max_plate_nesting=1))
     losses = [svi.step(x, y, w) for _ in range(20)]
     assert all(math.isfinite(v) for v in losses)
-    *_, lu, affine = guide.flow.transforms
-    assert isinstance(lu, LULinear)
-    # 20 steps of lr 1e-3 leave the guide near the exact posterior it started at
-    assert (((affine.head.shift.detach() - mean) / cov.diagonal().sqrt()).abs() < 0.1).all()
+    *_, affine, fixed = guide.flow.transforms
+    assert isinstance(fixed, LowerCholeskyAffine)
+    assert (((fixed.loc - mean) / cov.diagonal().sqrt()).abs() < 1e-4).all()
+    # 20 steps of lr 1e-3 leave the guide near the exact posterior it started at (the shift is in posterior sds)
+    assert (affine.head.shift.detach().abs() < 0.1).all()
     with torch.no_grad():
         u = guide.get_posterior().sample((4000,))
     # (each of Adam's 20 steps moves every weight by up to lr, the layers' log-scales by up to ~0.1 in all)
@@ -674,7 +680,7 @@ def test_warm_start_stops_at_a_non_finite_gradient_and_keeps_the_best_point():
         ws = guide.warm_start(method="laplace")
     assert not ws.converged and "not finite" in ws.message
     assert 0.0 < float(ws.loc) <= 1.5 and math.isfinite(ws.log_density)
-    torch.testing.assert_close(guide.flow.transforms[-1].head.shift.detach(), ws.loc)
+    torch.testing.assert_close(guide.flow.transforms[-1].loc, ws.loc)
     assert ws.scale_tril is not None and torch.isfinite(ws.scale_tril).all()
 
 
@@ -692,8 +698,8 @@ def test_warm_start_keeps_the_default_start_on_a_funnel_without_a_mode():
     with pytest.warns(RuntimeWarning, match=r"keeps its default start"):
         ws = guide.warm_start(method="laplace")
     assert ws.method == "none" and ws.scale_tril is None
-    assert not any(isinstance(t, LULinear) for t in guide.flow.transforms)
-    head = guide.flow.transforms[-1]
+    *_, head, fixed = guide.flow.transforms
+    assert torch.equal(fixed.scale_tril, torch.eye(10, dtype=torch.float64))
     # (the default start's recipe layers are within ±1e-3 of the identity, which its shift and scale compensate)
     torch.testing.assert_close(head.head.shift.detach(), torch.zeros(10, dtype=torch.float64), atol=1e-3, rtol=0)
     torch.testing.assert_close(affine_scale(head.head.raw_scale.detach()), torch.full((10,), 0.1, dtype=torch.float64),
@@ -741,7 +747,7 @@ def test_flat_direction_gets_init_scale_with_a_warning():
 
 def test_warm_start_errors():
     x, y, w = _regression_data()
-    with pytest.raises(ValueError, match=r"warm_start must be None, 'map' or 'laplace'"):
+    with pytest.raises(ValueError, match=r"warm_start must be 'auto', 'laplace', 'map' or None"):
         AutoFlowGuide(regression_model, warm_start="mode")
     guide = AutoFlowGuide(regression_model, hidden_dims=(8, 8))
     with pytest.raises(ValueError, match=r"unknown warm start method 'newton'"):
@@ -750,7 +756,7 @@ def test_warm_start_errors():
         guide.warm_start(x, y, w, num_steps=-1)
     guide.laplace_max_dim = 2
     with pytest.raises(ValueError, match=r"3 x 3 Hessian.*D = 3 > laplace_max_dim = 2: use method='map'"):
-        guide.warm_start(x, y, w)
+        guide.warm_start(x, y, w, method="laplace")
     guide.get_posterior()  # still usable: built with its default start
     assert guide.warm_start(x, y, w, method="map").converged
 

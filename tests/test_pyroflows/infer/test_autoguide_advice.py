@@ -20,6 +20,7 @@ from pyro.infer.autoguide.initialization import init_to_value
 from pyro.optim import Adam
 from torch.distributions import constraints
 
+from flowcommon import guide as common
 from pyroflows.infer import AutoFlowGuide
 
 pytestmark = pytest.mark.usefixtures("fresh_param_store")
@@ -119,14 +120,15 @@ def test_laplace_size_advice_map_or_a_larger_laplace_max_dim():
 
     guide = AutoFlowGuide(model, hidden_dims=(8, 8))
     guide.laplace_max_dim = 2
+    assert guide.warm_start().method == "map"  # "auto" above laplace_max_dim
     with pytest.raises(ValueError) as excinfo:
-        guide.warm_start()
+        guide.warm_start(method="laplace")
     message = _message(excinfo)
     method = re.search(r"use method='(\w+)'", message).group(1)
     assert guide.warm_start(method=method).method == "map"
     attribute = re.search(r"raise AutoFlowGuide\.(\w+)", message).group(1)
     setattr(guide, attribute, 3)
-    assert guide.warm_start().method == "laplace"
+    assert guide.warm_start(method="laplace").method == "laplace"
 
 
 def test_first_call_advice_call_the_guide():
@@ -149,9 +151,13 @@ def test_flat_prior_advice_proper_priors_or_no_warm_start():
         AutoFlowGuide(flat, init_loc_fn=start).warm_start(method="map")
     message = _message(excinfo)
     assert "warm_start=None" in message and "init_to_value" in message and "proper priors" in message
-    guide = AutoFlowGuide(flat, init_loc_fn=start, init_scale=0.5, hidden_dims=(8, 8))  # no warm start
-    guide()
-    torch.testing.assert_close(guide.median()["free"], torch.tensor([0.5, -0.5]), atol=0.1, rtol=0)
+    for option in (None, "auto"):  # no warm start, or "auto", which says it keeps the default start
+        guide = AutoFlowGuide(flat, init_loc_fn=start, init_scale=0.5, hidden_dims=(8, 8), warm_start=option)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            guide()
+        assert [str(w.message) for w in caught] == ([] if option is None else [common.FLAT_DENSITY_FALLBACK])
+        torch.testing.assert_close(guide.median()["free"], torch.tensor([0.5, -0.5]), atol=0.1, rtol=0)
 
     def proper():
         pyro.sample("free", dist.Normal(torch.zeros(2), 1.0).to_event(1))
