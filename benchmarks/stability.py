@@ -6,12 +6,13 @@ Usage::
                                    [--steps 2000] [--seeds 1] [--json out.json] [--quick]
 
 For every backend, posterior (:mod:`models`), flow name of ``FLOWS`` and SVI setting of the grid (Adam, and
-ClippedAdam clipping gradients at 10; learning rate 1e-3, 5e-3, 1e-2; 1 and 8 particles of ``Trace_ELBO``), one run of ``--steps`` steps from the guide's default start records the loss. The run is cut into
-20 windows; each window's mean loss has a Monte Carlo standard error (window sd / sqrt(window length)). A run
-**diverges** where a loss is not finite, or where a window's mean exceeds the best earlier window mean by more than
-3 standard errors of the two (the issue's rule: once improved, the running mean must not get worse by more than its
-Monte Carlo noise) plus 0.5 nats, a floor for the noise of ELBO estimates that a window sd understates on
-heavy-tailed posteriors. The report counts the divergences per backend and flow and lists each one.
+ClippedAdam clipping gradients at 10; learning rate 1e-3, 5e-3, 1e-2; 1 and 8 particles of ``Trace_ELBO``), one
+run of ``--steps`` steps from the guide's default start records the loss. The run is cut into 20 windows; each
+window's mean loss has a Monte Carlo standard error (window sd / sqrt(window length)). A run **diverges** where a
+loss is not finite, or where a window's mean exceeds the best earlier window mean by more than 3 standard errors of
+the two (the issue's rule: once improved, the running mean must not get worse by more than its Monte Carlo noise)
+plus 0.5 nats, a floor for the noise of ELBO estimates that a window sd understates on heavy-tailed posteriors.
+The report lists each divergence and counts them.
 """
 
 from __future__ import annotations
