@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from flowcommon.starts import cholesky_start
+
 from .._dtype import BUFFERS, buffer_dtype, float_dtype, normal
 from ..functional import affine as F_aff
 from ..functional import linear as F_lin
@@ -315,21 +317,6 @@ class RandomPermutation(Permutation):
         super().__init__(input_dim, None, "random", seed, dtype=dtype)
 
 
-def _cholesky_values(d: int, loc: Any, scale_tril: Any) -> tuple[np.ndarray, np.ndarray]:
-    """``(loc, L)`` as float64 NumPy arrays after the checks of :class:`LowerCholeskyAffine`: shapes ``(d,)`` and
-    ``(d, d)``, finite, ``L`` lower triangular with a positive diagonal; a ``ValueError`` naming the fix otherwise."""
-    loc, tril = np.asarray(loc, np.float64), np.asarray(scale_tril, np.float64)
-    if loc.shape != (d,) or tril.shape != (d, d):
-        raise ValueError(f"LowerCholeskyAffine needs loc of shape ({d},) and scale_tril of shape ({d}, {d}) "
-                         f"(input_dim={d}), got {loc.shape} and {tril.shape}")
-    if not (np.isfinite(loc).all() and np.isfinite(tril).all()):
-        raise ValueError("LowerCholeskyAffine's loc and scale_tril must be finite")
-    if np.any(np.triu(tril, 1) != 0) or not np.all(np.diag(tril) > 0):
-        raise ValueError("LowerCholeskyAffine's scale_tril must be lower triangular with a positive diagonal (a "
-                         "Cholesky factor: numpy.linalg.cholesky(cov))")
-    return loc, tril
-
-
 class LowerCholeskyAffine(_LinearBase):
     """A fixed affine map ``y = loc + L x`` with ``L`` lower triangular, positive diagonal; ``log|det| = Σ log L_ii``.
 
@@ -361,7 +348,7 @@ class LowerCholeskyAffine(_LinearBase):
     def with_values(self, loc: Any, scale_tril: Any) -> LowerCholeskyAffine:
         """A copy at ``loc`` (``D`` numbers) and ``scale_tril`` (``D x D``, lower triangular, positive diagonal),
         in this transform's dtype."""
-        loc, tril = _cholesky_values(self.input_dim, loc, scale_tril)
+        loc, tril = cholesky_start(self.input_dim, loc, scale_tril)
         dtype = self.params["loc"].dtype
         return self.with_params({"loc": jnp.asarray(loc, dtype), "scale_tril": jnp.asarray(tril, dtype)})
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from pyro.nn import PyroModule
 from torch import nn
 from torch.distributions import Distribution, Independent, Normal
 
-from ..functional.affine import MIN_SCALE, affine_scale, scale_shift
+from flowcommon.starts import diagonal_start
+
+from ..functional.affine import MIN_SCALE, affine_scale
 from ..transforms.base import record_init_arguments
 
 Tensor = torch.Tensor
@@ -94,28 +95,6 @@ def base_from_config(config: dict) -> TrainableBase:
     return cls(**config["kwargs"])
 
 
-def diagonal_start(d: int, loc: Any, scale: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """Starting ``(loc, raw_scale)`` (float64 NumPy, shape ``(d,)``) for ``loc`` and ``scale`` given as numbers or
-    ``d`` numbers, with ``scale = MIN_SCALE + softplus(raw_scale + c)``
-    (:func:`~pyroflows.functional.affine.affine_scale`, exactly 0 for a scale of exactly 1); a ``ValueError`` naming
-    the fix for other shapes, non-finite values or scales at or below the floor. The same computation as
-    numpyroflows'."""
-    values = {}
-    for name, v in (("loc", loc), ("scale", scale)):
-        a = np.asarray(v, dtype=np.float64)
-        if a.ndim > 1 or a.size not in (1, d):
-            raise ValueError(f"{where}'s {name} must be a number or {d} numbers (input_dim={d}), got shape {a.shape}")
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"{where}'s {name} must be finite, got {a.tolist()}")
-        values[name] = np.broadcast_to(a.reshape(-1), (d,)).copy()
-    s = values["scale"]
-    if not np.all(s > MIN_SCALE):
-        raise ValueError(f"{where}'s scale must be above its floor {MIN_SCALE:g}, got {s.tolist()}")
-    y = s - MIN_SCALE
-    raw = np.where(s == 1.0, 0.0, y + np.log(-np.expm1(-y)) - scale_shift(MIN_SCALE))
-    return values["loc"], raw
-
-
 class DiagonalNormal(TrainableBase):
     """A normal base distribution with learned mean and per-dimension scale: ``z ~ N(loc, diag(scale²))``.
 
@@ -148,7 +127,7 @@ class DiagonalNormal(TrainableBase):
     def __init__(self, input_dim: int, loc: float | Sequence[float] = 0.0,
                  scale: float | Sequence[float] = 1.0, dtype: torch.dtype | None = None) -> None:
         super().__init__(input_dim)
-        loc0, raw0 = diagonal_start(self.input_dim, loc, scale, "DiagonalNormal")  # float64, converted once to dtype
+        loc0, raw0 = diagonal_start(self.input_dim, loc, scale, "DiagonalNormal", MIN_SCALE)  # float64
         like = torch.empty(0, dtype=dtype)  # the default device, like every other parameter built here
         self.loc = nn.Parameter(torch.as_tensor(loc0).to(like))
         self.raw_scale = nn.Parameter(torch.as_tensor(raw0).to(like))

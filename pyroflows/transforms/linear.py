@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from flowcommon.starts import cholesky_start
+
 from ..functional import linear as F_lin
 from ..functional.affine import MIN_SCALE, affine_scale, scale_shift
 from ..nn.params import ParamHead
@@ -242,23 +244,6 @@ class RandomPermutation(Permutation):
         super().__init__(input_dim, None, "random", seed)
 
 
-def _cholesky_values(d: int, loc: Any, scale_tril: Any) -> tuple[Any, Any]:
-    """``(loc, L)`` as float64 NumPy arrays after the checks of :class:`LowerCholeskyAffine`: shapes ``(d,)`` and
-    ``(d, d)``, finite, ``L`` lower triangular with a positive diagonal; a ``ValueError`` naming the fix otherwise."""
-    import numpy as np
-
-    loc, tril = np.asarray(loc, np.float64), np.asarray(scale_tril, np.float64)
-    if loc.shape != (d,) or tril.shape != (d, d):
-        raise ValueError(f"LowerCholeskyAffine needs loc of shape ({d},) and scale_tril of shape ({d}, {d}) "
-                         f"(input_dim={d}), got {loc.shape} and {tril.shape}")
-    if not (np.isfinite(loc).all() and np.isfinite(tril).all()):
-        raise ValueError("LowerCholeskyAffine's loc and scale_tril must be finite")
-    if np.any(np.triu(tril, 1) != 0) or not np.all(np.diag(tril) > 0):
-        raise ValueError("LowerCholeskyAffine's scale_tril must be lower triangular with a positive diagonal (a "
-                         "Cholesky factor: numpy.linalg.cholesky(cov))")
-    return loc, tril
-
-
 class LowerCholeskyAffine(FlowTransform):
     """A fixed affine map ``y = loc + L x`` with ``L`` lower triangular, positive diagonal; ``log|det| = Σ log L_ii``.
 
@@ -287,7 +272,7 @@ class LowerCholeskyAffine(FlowTransform):
     def with_values(self, loc: Any, scale_tril: Any) -> LowerCholeskyAffine:
         """A new transform at ``loc`` (``D`` numbers) and ``scale_tril`` (``D x D``, lower triangular, positive
         diagonal), with this one's dtype and device."""
-        loc, tril = _cholesky_values(self.input_dim, torch.as_tensor(loc).detach().cpu(),
+        loc, tril = cholesky_start(self.input_dim, torch.as_tensor(loc).detach().cpu(),
                                      torch.as_tensor(scale_tril).detach().cpu())
         new = LowerCholeskyAffine(self.input_dim, dtype=self.loc.dtype).to(self.loc.device)
         new.loc.copy_(torch.from_numpy(loc))
