@@ -41,7 +41,7 @@ from ..transforms.base import FlowChain, chain_forward
 from ..transforms.coupling import CouplingTransform
 from ..transforms.linear import DiagonalAffine, LowerCholeskyAffine
 from .posterior import PosteriorDraws
-from .warm_start import find_mode, neg_log_density, start_elbo
+from .warm_start import base_draws, find_mode, neg_log_density, start_elbo
 
 Array = jax.Array
 
@@ -105,6 +105,19 @@ def _check_sites(trace: dict) -> None:
                 raise ValueError(common.subsampled_site_message(name, frame.name, frame.size, full, "numpyro", plates))
     if not latent:
         raise ValueError(common.no_latent_message("numpyro"))
+
+
+def _recipe_flow(spec: str | Callable[[int], Flow], latent_dim: int, key: Array, num_transforms: int,
+                 hidden_dims: Sequence[int] | None, flow_kwargs: dict[str, Any]) -> Flow:
+    """The guide's flow ``T`` (before the final layers) for a latent of size ``latent_dim``: the named recipe of
+    :data:`FLOWS` with the guide's settings, or what the ``spec`` callable returns (checked)."""
+    if not isinstance(spec, str):
+        flow = spec(latent_dim)
+        common.check_flow_result(flow, Flow, getattr(flow, "input_dim", None), getattr(flow, "context_dim", None),
+                                 latent_dim, "numpyroflows")
+        return flow
+    recipe, kwargs = common.recipe_kwargs(spec, FLOWS, latent_dim, num_transforms, hidden_dims, flow_kwargs)
+    return recipe(latent_dim, key=key, **kwargs)
 
 
 def _zero_conditioners(transforms: Sequence) -> list:
@@ -306,17 +319,6 @@ class AutoFlowGuide(PosteriorDraws, AutoContinuous):
                     warnings.warn(common.FLAT_DENSITY_FALLBACK, RuntimeWarning, stacklevel=4)
             self._flow = self._build_flow(jnp.asarray(self._init_latent), key) if flow is None else flow
 
-    def _recipe_flow(self, latent_dim: int, key: Array) -> Flow:
-        """The flow ``T`` (before the final layers) for a latent of size ``latent_dim``."""
-        if not isinstance(self._flow_spec, str):
-            flow = self._flow_spec(latent_dim)
-            common.check_flow_result(flow, Flow, getattr(flow, "input_dim", None), getattr(flow, "context_dim", None),
-                                     latent_dim, "numpyroflows")
-            return flow
-        recipe, kwargs = common.recipe_kwargs(self._flow_spec, FLOWS, latent_dim, self._num_transforms,
-                                              self._hidden_dims, self._flow_kwargs)
-        return recipe(latent_dim, key=key, **kwargs)
-
     def _build_flow(self, loc: Array, key: Array, factor: np.ndarray | None = None, exact: bool = False) -> Flow:
         """A fresh flow ``[*recipe layers, DiagonalAffine(, LowerCholeskyAffine)]`` placed at ``loc`` with sd
         ``init_scale`` (``factor is None``) or at ``N(loc, factor factorᵀ)``. The fixed layer is there whenever the
@@ -324,7 +326,8 @@ class AutoFlowGuide(PosteriorDraws, AutoContinuous):
         not depend on how a warm start ended. ``exact``: the recipe layers start at exactly the identity, as the warm
         start needs."""
         k_flow, k_init = jax.random.split(key)
-        layers = self._recipe_flow(self.latent_dim, k_flow)
+        layers = _recipe_flow(self._flow_spec, self.latent_dim, k_flow, self._num_transforms, self._hidden_dims,
+                              self._flow_kwargs)
         if exact:
             layers = Flow(_zero_conditioners(layers.transforms), base=layers.base)
         whiten = self.latent_dim <= self.laplace_max_dim
@@ -436,11 +439,6 @@ class AutoFlowGuide(PosteriorDraws, AutoContinuous):
                            "pass the params of the SVI run that trained this guide (svi.get_params(state))")
         return flow.with_params({k: params[f"{name}${k}"] for k in flow.params})
 
-    @staticmethod
-    def _affine_of(flow: Flow) -> DiagonalAffine:
-        """The flow's learnable final ``DiagonalAffine`` (before the fixed layer, if there is one)."""
-        return flow.transforms[-2] if isinstance(flow.transforms[-1], LowerCholeskyAffine) else flow.transforms[-1]
-
     def _get_posterior(self) -> FlowDistribution:
         cls = PathFlowDistribution if self.stick_the_landing else _GuideFlowDistribution
         return cls(module(f"{self.prefix}_flow", self._require_flow()))
@@ -475,12 +473,7 @@ class AutoFlowGuide(PosteriorDraws, AutoContinuous):
         if not bool(jnp.all((q >= 0) & (q <= 1))):
             raise ValueError(f"quantiles must lie in [0, 1], got {q.tolist()}")
         flow = self._trained_flow(params)
-        n, key = int(self.num_quantile_samples), jax.random.PRNGKey(common.SEED)
-        if flow.base is None:
-            z = jax.random.normal(key, (n, self.latent_dim), self._affine_of(flow).params["head.shift"].dtype)
-        else:
-            z = flow.base.sample(key, (n,))
-        u = _forward(flow.transforms, z)
+        u = _forward(flow.transforms, base_draws(flow, int(self.num_quantile_samples), self.latent_dim))
         return self._unpack_and_constrain(jnp.quantile(u, q.astype(u.dtype), axis=0), params)
 
     def median(self, params: dict[str, Array]) -> dict[str, Array]:

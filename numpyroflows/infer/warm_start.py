@@ -22,6 +22,7 @@ from numpyro import handlers
 
 from flowcommon import guide as common
 
+from .._dtype import is_buffer
 from ..flows.core import Flow
 
 Array = jax.Array
@@ -134,3 +135,13 @@ def start_elbo(flow: Flow, fn: Callable[[Array], Array]) -> float:
     u, log_q = flow().sample_and_log_prob(jax.random.PRNGKey(common.SEED), (common.START_ELBO_DRAWS,))
     value = float(jnp.mean(-jax.vmap(fn)(u) - log_q))
     return value if np.isfinite(value) else float("nan")
+
+
+def base_draws(flow: Flow, n: int, latent_dim: int) -> Array:
+    """``n`` base draws of ``flow`` under the fixed key ``SEED``: standard normal in the flow's parameter dtype, or
+    from its custom base (as pyroflows' ``base_draws``)."""
+    key = jax.random.PRNGKey(common.SEED)
+    if flow.base is not None:
+        return flow.base.sample(key, (n,))
+    dtypes = [v.dtype for k, v in flow.params.items() if jnp.issubdtype(v.dtype, jnp.floating) and not is_buffer(k)]
+    return jax.random.normal(key, (n, latent_dim), jnp.result_type(*dtypes) if dtypes else jnp.result_type(float))

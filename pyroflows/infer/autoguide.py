@@ -54,6 +54,19 @@ def _check_sites(trace: Any) -> None:
         raise ValueError(common.no_latent_message("pyro"))
 
 
+def _recipe_flow(spec: str | Callable[[int], Flow], latent_dim: int, num_transforms: int,
+                 hidden_dims: Sequence[int] | None, flow_kwargs: dict[str, Any]) -> Flow:
+    """The guide's flow ``T`` (before the final layers) for a latent of size ``latent_dim``: the named recipe of
+    :data:`FLOWS` with the guide's settings, or what the ``spec`` callable returns (checked)."""
+    if not isinstance(spec, str):
+        flow = spec(latent_dim)
+        common.check_flow_result(flow, Flow, getattr(flow, "input_dim", None), getattr(flow, "context_dim", None),
+                                 latent_dim, "pyroflows")
+        return flow
+    recipe, kwargs = common.recipe_kwargs(spec, FLOWS, latent_dim, num_transforms, hidden_dims, flow_kwargs)
+    return recipe(latent_dim, **kwargs)
+
+
 def _zero_conditioners(layers: Sequence[torch.nn.Module]) -> None:
     """Zero the output weights of the layers' conditioners (:meth:`MADE.zero_output_`, :meth:`MLP.zero_output_`), so
     that each such layer computes exactly its output bias: the transformer's identity parameters in every recipe that
@@ -255,24 +268,14 @@ class AutoFlowGuide(PosteriorDraws, AutoContinuous):
                     warnings.warn(common.FLAT_DENSITY_FALLBACK, RuntimeWarning, stacklevel=4)
             self.flow = self._build_flow(self._init_loc()) if flow is None else flow
 
-    def _recipe_flow(self, latent_dim: int) -> Flow:
-        """The flow ``T`` (before the final layers) for a latent of size ``latent_dim``."""
-        if not isinstance(self._flow_spec, str):
-            flow = self._flow_spec(latent_dim)
-            common.check_flow_result(flow, Flow, getattr(flow, "input_dim", None), getattr(flow, "context_dim", None),
-                                     latent_dim, "pyroflows")
-            return flow
-        recipe, kwargs = common.recipe_kwargs(self._flow_spec, FLOWS, latent_dim, self._num_transforms,
-                                              self._hidden_dims, self._flow_kwargs)
-        return recipe(latent_dim, **kwargs)
-
     def _build_flow(self, loc: Tensor, factor: Any = None, exact: bool = False) -> Flow:
         """A fresh flow ``[*recipe layers, DiagonalAffine(, LowerCholeskyAffine)]`` placed at ``loc`` with sd
         ``init_scale`` (``factor is None``) or at ``N(loc, factor factorᵀ)``, on ``loc``'s device and dtype (where the
         model's values live). The fixed layer is there whenever the latent fits :attr:`laplace_max_dim` (the identity
         without a Laplace start), so that the parameter layout does not depend on how a warm start ended. ``exact``:
         the recipe layers start at exactly the identity, as the warm start needs."""
-        layers = self._recipe_flow(self.latent_dim).to(device=loc.device, dtype=loc.dtype)
+        layers = _recipe_flow(self._flow_spec, self.latent_dim, self._num_transforms, self._hidden_dims,
+                              self._flow_kwargs).to(device=loc.device, dtype=loc.dtype)
         if exact:
             _zero_conditioners(layers.transforms)
         z = base_draws(layers, common.NUM_INIT_SAMPLES // 2, self.latent_dim)
